@@ -1,0 +1,3 @@
+"""Executor Service: run untrusted code in single-use, locked-down Docker containers."""
+
+__version__ = "0.1.0"

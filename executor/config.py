@@ -1,0 +1,165 @@
+"""Settings, read once from the environment and passed down.
+
+Every setting is an environment variable; the README lists them all. Nothing here connects to
+anything: `Settings.from_env()` only parses.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _str(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name)
+    return default if raw is None or raw == "" else raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration. Field docs name the variable each comes from."""
+
+    redis_url: str = "redis://localhost:6379/0"  # REDIS_URL
+    docker_host: str = "tcp://docker-proxy:2375"  # DOCKER_HOST
+    instance: str = "executor"  # HOSTNAME
+    port: int = 8083  # PORT
+
+    # Request bounds (the contract's defaults).
+    max_code_bytes: int = MIB  # EXECUTOR_MAX_CODE_BYTES
+    max_stdin_bytes: int = MIB  # EXECUTOR_MAX_STDIN_BYTES
+    max_files_bytes: int = 4 * MIB  # EXECUTOR_MAX_FILES_BYTES (all extra files together)
+    max_timeout: float = 60.0  # EXECUTOR_MAX_TIMEOUT
+    max_memory_mb: int = 512  # EXECUTOR_MAX_MEMORY_MB
+    max_cpus: float = 0.5  # EXECUTOR_MAX_CPUS
+    max_output_bytes: int = MIB  # EXECUTOR_MAX_OUTPUT_BYTES
+    default_timeout: float = 10.0  # EXECUTOR_DEFAULT_TIMEOUT
+    default_memory_mb: int = 512  # EXECUTOR_DEFAULT_MEMORY_MB
+    default_cpus: float = 0.5  # EXECUTOR_DEFAULT_CPUS
+
+    # Sandbox hardening.
+    pids_limit: int = 64  # EXECUTOR_PIDS_LIMIT
+    tmpfs_mb: int = 100  # EXECUTOR_TMPFS_MB
+    nofile_limit: int = 256  # EXECUTOR_NOFILE_LIMIT
+    runtime: str = ""  # EXECUTOR_RUNTIME ("" = the engine's default, runc; or runsc for gVisor)
+    python_image: str = "executor-python:3.11"  # EXECUTOR_PYTHON_IMAGE
+    docker_api_version: str = "1.41"  # EXECUTOR_DOCKER_API_VERSION
+    docker_timeout: float = 30.0  # EXECUTOR_DOCKER_TIMEOUT (seconds per Docker API call)
+
+    # Worker.
+    concurrency: int = 8  # EXECUTOR_CONCURRENCY (executions at once per worker)
+    pool_size: int = 4  # EXECUTOR_POOL_SIZE (warm containers per worker, 0 disables)
+    pool_max_idle_s: float = 300.0  # EXECUTOR_POOL_MAX_IDLE (seconds a warm container may wait)
+    pool_refill_concurrency: int = 2  # EXECUTOR_POOL_REFILL_CONCURRENCY
+    reap_interval_s: float = 30.0  # EXECUTOR_REAP_INTERVAL
+
+    # Records and the HTTP wait.
+    history_size: int = 100  # EXECUTOR_HISTORY_SIZE
+    result_ttl_s: int = 86400  # EXECUTOR_RESULT_TTL
+    queue_grace_s: float = 10.0  # EXECUTOR_QUEUE_GRACE (added to the timeout for POST /execute)
+    max_queue: int = 1000  # EXECUTOR_MAX_QUEUE (queued executions before 429)
+
+    # Docker security proxy.
+    proxy_listen: str = "0.0.0.0:2375"  # PROXY_LISTEN
+    proxy_upstream: str = "unix:///var/run/docker.sock"  # PROXY_UPSTREAM
+    proxy_audit_log: str = "-"  # PROXY_AUDIT_LOG (a file path, or - for stderr)
+    proxy_allowed_runtimes: tuple[str, ...] = ("", "runc", "runsc")  # PROXY_ALLOWED_RUNTIMES
+
+    log_level: str = "INFO"  # EXECUTOR_LOG_LEVEL
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        d = cls()
+        runtimes = _str(env, "PROXY_ALLOWED_RUNTIMES", ",".join(d.proxy_allowed_runtimes))
+        settings = cls(
+            redis_url=_str(env, "REDIS_URL", "redis://localhost:6379/0"),
+            docker_host=_str(env, "DOCKER_HOST", d.docker_host),
+            instance=_str(env, "HOSTNAME", socket.gethostname() or d.instance),
+            port=_int(env, "PORT", d.port, 1),
+            max_code_bytes=_int(env, "EXECUTOR_MAX_CODE_BYTES", d.max_code_bytes, 1),
+            max_stdin_bytes=_int(env, "EXECUTOR_MAX_STDIN_BYTES", d.max_stdin_bytes, 0),
+            max_files_bytes=_int(env, "EXECUTOR_MAX_FILES_BYTES", d.max_files_bytes, 0),
+            max_timeout=_float(env, "EXECUTOR_MAX_TIMEOUT", d.max_timeout, 0.001),
+            max_memory_mb=_int(env, "EXECUTOR_MAX_MEMORY_MB", d.max_memory_mb, 16),
+            max_cpus=_float(env, "EXECUTOR_MAX_CPUS", d.max_cpus, 0.05),
+            max_output_bytes=_int(env, "EXECUTOR_MAX_OUTPUT_BYTES", d.max_output_bytes, 1),
+            default_timeout=_float(env, "EXECUTOR_DEFAULT_TIMEOUT", d.default_timeout, 0.001),
+            default_memory_mb=_int(env, "EXECUTOR_DEFAULT_MEMORY_MB", d.default_memory_mb, 16),
+            default_cpus=_float(env, "EXECUTOR_DEFAULT_CPUS", d.default_cpus, 0.05),
+            pids_limit=_int(env, "EXECUTOR_PIDS_LIMIT", d.pids_limit, 8),
+            tmpfs_mb=_int(env, "EXECUTOR_TMPFS_MB", d.tmpfs_mb, 1),
+            nofile_limit=_int(env, "EXECUTOR_NOFILE_LIMIT", d.nofile_limit, 16),
+            runtime=_str(env, "EXECUTOR_RUNTIME", d.runtime),
+            python_image=_str(env, "EXECUTOR_PYTHON_IMAGE", d.python_image),
+            docker_api_version=_str(env, "EXECUTOR_DOCKER_API_VERSION", d.docker_api_version),
+            docker_timeout=_float(env, "EXECUTOR_DOCKER_TIMEOUT", d.docker_timeout, 1.0),
+            concurrency=_int(env, "EXECUTOR_CONCURRENCY", d.concurrency, 1),
+            pool_size=_int(env, "EXECUTOR_POOL_SIZE", d.pool_size, 0),
+            pool_max_idle_s=_float(env, "EXECUTOR_POOL_MAX_IDLE", d.pool_max_idle_s, 1.0),
+            pool_refill_concurrency=_int(
+                env, "EXECUTOR_POOL_REFILL_CONCURRENCY", d.pool_refill_concurrency, 1
+            ),
+            reap_interval_s=_float(env, "EXECUTOR_REAP_INTERVAL", d.reap_interval_s, 1.0),
+            history_size=_int(env, "EXECUTOR_HISTORY_SIZE", d.history_size, 1),
+            result_ttl_s=_int(env, "EXECUTOR_RESULT_TTL", d.result_ttl_s, 60),
+            queue_grace_s=_float(env, "EXECUTOR_QUEUE_GRACE", d.queue_grace_s, 0.0),
+            max_queue=_int(env, "EXECUTOR_MAX_QUEUE", d.max_queue, 1),
+            proxy_listen=_str(env, "PROXY_LISTEN", d.proxy_listen),
+            proxy_upstream=_str(env, "PROXY_UPSTREAM", d.proxy_upstream),
+            proxy_audit_log=_str(env, "PROXY_AUDIT_LOG", d.proxy_audit_log),
+            proxy_allowed_runtimes=tuple(r.strip() for r in runtimes.split(",")),
+            log_level=_str(env, "EXECUTOR_LOG_LEVEL", d.log_level).upper(),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise SettingsError when settings contradict each other."""
+        if self.default_timeout > self.max_timeout:
+            raise SettingsError("EXECUTOR_DEFAULT_TIMEOUT exceeds EXECUTOR_MAX_TIMEOUT")
+        if self.default_memory_mb > self.max_memory_mb:
+            raise SettingsError("EXECUTOR_DEFAULT_MEMORY_MB exceeds EXECUTOR_MAX_MEMORY_MB")
+        if self.default_cpus > self.max_cpus:
+            raise SettingsError("EXECUTOR_DEFAULT_CPUS exceeds EXECUTOR_MAX_CPUS")
+        if self.runtime not in self.proxy_allowed_runtimes:
+            raise SettingsError(f"EXECUTOR_RUNTIME {self.runtime!r} is not an allowed runtime")
+
+    def public(self) -> dict[str, object]:
+        """The settings without anything that could hold a credential (for /status)."""
+        hidden = {"redis_url", "docker_host", "proxy_upstream"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}

@@ -1,0 +1,99 @@
+"""Plain data of the domain: what is asked, the limits applied, what happened. No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STATUSES = ("success", "error", "timeout", "memory_limit", "compile_error")
+FINISHED = (*STATUSES, "internal_error")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits one execution runs under."""
+
+    timeout: float
+    memory_mb: int
+    cpus: float
+    pids: int
+    tmpfs_mb: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class File:
+    """An extra file placed beside the program; `path` is relative and already checked."""
+
+    path: str
+    content: str
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One validated execution request."""
+
+    code: str
+    limits: Limits
+    language: str = "python"
+    stdin: str = ""
+    args: tuple[str, ...] = ()
+    files: tuple[File, ...] = ()
+
+
+@dataclass(frozen=True)
+class Language:
+    """A language the service runs: which image, how to build and how to run a program."""
+
+    name: str
+    version: str
+    image: str
+    source_file: str
+    run: tuple[str, ...]
+    compile: tuple[str, ...] | None = None
+    inline_python: bool = False  # run in the runner's pre-started interpreter (no exec)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "image": self.image}
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """The build step of a compiled language."""
+
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    duration_ms: int
+
+
+@dataclass
+class RunResult:
+    """What happened to one program: the contract's result fields that the sandbox knows.
+
+    The worker adds the bookkeeping fields (id, queued_ms, worker, timestamps) on top.
+    """
+
+    status: str
+    exit_code: int | None
+    signal: str | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: int
+    language: str
+    image: str
+    limits: Limits
+    compile: StepResult | None = None
+    started_at: str = ""
+    finished_at: str = ""
+    container_id: str = field(default="", repr=False)
+    warm: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("container_id")
+        return data

@@ -1,0 +1,230 @@
+"""What a sandbox container must look like: the one source of truth for the security rules.
+
+The sandbox builds every container from `sandbox_config()`; the Docker security proxy checks
+every create request with `check_create()`, which accepts a body only when it is exactly what
+`sandbox_config()` would build for some image, runtime and limits within the rules. Any other
+key, spelling, type or value (a privileged flag, a bind mount, a network, a weaker seccomp
+profile...) is a violation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from executor.config import MIB, Settings
+from executor.languages import languages
+
+LABEL_SANDBOX = "io.executor.sandbox"
+LABEL_EXECUTION = "io.executor.execution"
+LABEL_WORKER = "io.executor.worker"
+LABEL_PROFILE = "io.executor.profile"
+SANDBOX_LABEL_FILTER = f"{LABEL_SANDBOX}=1"
+
+SANDBOX_UID = 10001
+SANDBOX_USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
+WORKDIR = "/tmp"
+RUNNER = ("python3", "/opt/executor/runner.py")
+ENV = ("LANG=C.UTF-8", "HOME=/tmp", "PYTHONDONTWRITEBYTECODE=1")
+SHM_BYTES = 64 * MIB
+OOM_SCORE_ADJ = 500  # the host's OOM killer prefers a sandbox over anything else
+MIN_MEMORY_MB = 16
+MIN_CPUS = 0.05
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.:@-]{0,128}$")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The bounds a sandbox must stay within (from Settings)."""
+
+    images: frozenset[str]
+    runtimes: frozenset[str]
+    max_memory_mb: int
+    max_cpus: float
+    max_pids: int
+    max_tmpfs_mb: int
+    nofile: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Rules:
+        return cls(
+            images=frozenset(lang.image for lang in languages(settings).values()),
+            runtimes=frozenset(settings.proxy_allowed_runtimes),
+            max_memory_mb=settings.max_memory_mb,
+            max_cpus=settings.max_cpus,
+            max_pids=settings.pids_limit,
+            max_tmpfs_mb=settings.tmpfs_mb,
+            nofile=settings.nofile_limit,
+        )
+
+
+def sandbox_config(
+    *,
+    image: str,
+    memory_mb: int,
+    cpus: float,
+    pids: int,
+    tmpfs_mb: int,
+    nofile: int,
+    runtime: str,
+    worker: str,
+    execution: str,
+    profile: str,
+) -> dict[str, Any]:
+    """The Docker Engine API body of a container create for one sandbox."""
+    memory = memory_mb * MIB
+    host_config: dict[str, Any] = {
+        "NetworkMode": "none",
+        "ReadonlyRootfs": True,
+        "Tmpfs": {WORKDIR: f"rw,nosuid,nodev,size={tmpfs_mb}m,mode=1777"},
+        "Memory": memory,
+        "MemorySwap": memory,  # swap equal to memory: no swap at all
+        "NanoCpus": round(cpus * 1e9),
+        "PidsLimit": pids,
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "Ulimits": [
+            {"Name": "nofile", "Soft": nofile, "Hard": nofile},
+            {"Name": "core", "Soft": 0, "Hard": 0},
+        ],
+        "Init": True,
+        "LogConfig": {"Type": "none", "Config": {}},
+        "AutoRemove": True,
+        "IpcMode": "private",
+        "ShmSize": SHM_BYTES,
+        "OomScoreAdj": OOM_SCORE_ADJ,
+    }
+    if runtime:
+        host_config["Runtime"] = runtime
+    return {
+        "Image": image,
+        "Entrypoint": list(RUNNER),
+        "Cmd": [],
+        "User": SANDBOX_USER,
+        "WorkingDir": WORKDIR,
+        "Env": list(ENV),
+        "Hostname": "sandbox",
+        "Labels": {
+            LABEL_SANDBOX: "1",
+            LABEL_WORKER: worker,
+            LABEL_EXECUTION: execution,
+            LABEL_PROFILE: profile,
+        },
+        "AttachStdin": True,
+        "AttachStdout": True,
+        "AttachStderr": True,
+        "OpenStdin": True,
+        "StdinOnce": True,
+        "Tty": False,
+        "NetworkDisabled": True,
+        "HostConfig": host_config,
+    }
+
+
+def _get(body: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(body, dict) or key not in body:
+            return None
+        body = body[key]
+    return body
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_create(body: Any, rules: Rules) -> list[str]:
+    """Every reason `body` is not a proper sandbox; an empty list means it is one."""
+    if not isinstance(body, dict):
+        return ["the body is not a JSON object"]
+    problems: list[str] = []
+
+    image = body.get("Image")
+    if image not in rules.images:
+        problems.append(f"image {image!r} is not an allowed sandbox image")
+    memory = _get(body, "HostConfig", "Memory")
+    memory_mb = 0
+    if not _is_int(memory) or memory % MIB:
+        problems.append("HostConfig.Memory must be a whole number of MiB")
+    else:
+        memory_mb = memory // MIB
+        if not MIN_MEMORY_MB <= memory_mb <= rules.max_memory_mb:
+            problems.append(f"memory must be {MIN_MEMORY_MB}..{rules.max_memory_mb} MiB")
+    nano = _get(body, "HostConfig", "NanoCpus")
+    cpus = 0.0
+    if not _is_int(nano):
+        problems.append("HostConfig.NanoCpus must be an integer")
+    else:
+        cpus = nano / 1e9
+        if not MIN_CPUS <= cpus <= rules.max_cpus + 1e-9:
+            problems.append(f"cpus must be {MIN_CPUS}..{rules.max_cpus}")
+    pids = _get(body, "HostConfig", "PidsLimit")
+    if not _is_int(pids) or not 1 <= pids <= rules.max_pids:
+        problems.append(f"HostConfig.PidsLimit must be 1..{rules.max_pids}")
+        pids = rules.max_pids
+    tmpfs_mb = _tmpfs_mb(body)
+    if tmpfs_mb is None or not 1 <= tmpfs_mb <= rules.max_tmpfs_mb:
+        problems.append(f"HostConfig.Tmpfs must be exactly {WORKDIR} of 1..{rules.max_tmpfs_mb}m")
+        tmpfs_mb = rules.max_tmpfs_mb
+    runtime = _get(body, "HostConfig", "Runtime")
+    runtime = "" if runtime is None else runtime
+    if not isinstance(runtime, str) or runtime not in rules.runtimes:
+        problems.append(f"runtime {runtime!r} is not allowed")
+    labels = body.get("Labels")
+    if not isinstance(labels, dict) or not all(
+        isinstance(v, str) and _LABEL_VALUE.match(v) for v in labels.values()
+    ):
+        problems.append("Labels must be the sandbox labels with plain values")
+        labels = {}
+    if problems:
+        return problems
+
+    expected = sandbox_config(
+        image=image,
+        memory_mb=memory_mb,
+        cpus=cpus,
+        pids=pids,
+        tmpfs_mb=tmpfs_mb,
+        nofile=rules.nofile,
+        runtime=runtime,
+        worker=labels.get(LABEL_WORKER, ""),
+        execution=labels.get(LABEL_EXECUTION, ""),
+        profile=labels.get(LABEL_PROFILE, ""),
+    )
+    expected["HostConfig"]["NanoCpus"] = nano  # rounding must not turn a valid body away
+    return [f"{where} differs from the sandbox policy" for where in _differences(body, expected)]
+
+
+def _tmpfs_mb(body: dict[str, Any]) -> int | None:
+    tmpfs = _get(body, "HostConfig", "Tmpfs")
+    if (
+        not isinstance(tmpfs, dict)
+        or list(tmpfs) != [WORKDIR]
+        or not isinstance(tmpfs[WORKDIR], str)
+    ):
+        return None
+    match = re.fullmatch(r"rw,nosuid,nodev,size=([1-9][0-9]{0,6})m,mode=1777", tmpfs[WORKDIR])
+    return int(match.group(1)) if match else None
+
+
+def _differences(actual: Any, expected: Any, where: str = "body") -> list[str]:
+    """Paths at which two JSON values differ, with types compared strictly."""
+    if type(actual) is not type(expected):
+        return [where]
+    if isinstance(expected, dict):
+        found = []
+        for key in sorted(set(actual) | set(expected)):
+            if key not in actual or key not in expected:
+                found.append(f"{where}.{key}")
+            else:
+                found.extend(_differences(actual[key], expected[key], f"{where}.{key}"))
+        return found
+    if isinstance(expected, list):
+        if len(actual) != len(expected):
+            return [where]
+        found = []
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            found.extend(_differences(a, e, f"{where}[{i}]"))
+        return found
+    return [] if actual == expected else [where]

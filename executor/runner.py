@@ -1,0 +1,369 @@
+"""The runner: the one process of ours inside a sandbox container (stdlib only).
+
+It starts before any code exists (a warm pool starts containers in advance), reads ONE request
+from its stdin, runs the program once and reports over its stdout, then exits, which ends the
+container and every process left in it.
+
+Request (worker -> runner, over the attached stdin):
+    b"<decimal length>\\n" + JSON object of that length:
+    {"code", "source_file", "stdin", "args", "files": [{"path", "content"}],
+     "run": argv | null, "compile": argv | null, "inline": bool,
+     "timeout": seconds, "compile_timeout": seconds, "max_output": bytes}
+
+Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian length + data.
+    b"O" / b"E"  the program's stdout / stderr (at most max_output bytes each)
+    b"o" / b"e"  the build step's stdout / stderr (compiled languages)
+    b"R"         last frame: JSON {"exit_code", "signal", "timed_out", "oom", "duration_ms",
+                 "stdout_bytes", "stderr_bytes", "compile": {...} | null}
+
+Python programs run "inline": the runner's interpreter is already started, so the program is run
+in a forked child with a fresh __main__ instead of paying for a new interpreter. The worker
+does not trust any of this: it caps what it reads and enforces the deadline itself.
+"""
+
+import json
+import os
+import selectors
+import signal
+import struct
+import sys
+import time
+
+WORKDIR = "/tmp"
+CHUNK = 65536
+DRAIN_AFTER_EXIT = 0.1  # seconds to collect output still in flight once the program is gone
+_HEADER = struct.Struct(">cI")
+_KEEP = []  # the runner's own module, kept alive while a program replaces __main__
+
+
+def _load_prctl():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()  # loaded before any request: ctypes is slow to import
+
+
+def _prctl_dumpable(value):
+    # A non-dumpable runner cannot be ptraced and its /proc/<pid>/fd cannot be opened by the
+    # program, which runs as the same user: the program cannot write into our reply stream.
+    if _PRCTL is not None:
+        _PRCTL(4, value, 0, 0, 0)  # PR_SET_DUMPABLE
+
+
+def _read_exact(fd, n):
+    parts = []
+    while n > 0:
+        chunk = os.read(fd, min(n, 1 << 20))
+        if not chunk:
+            raise EOFError("stdin closed before the whole request arrived")
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
+
+
+def _read_request(fd):
+    line = b""
+    while not line.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            raise EOFError("stdin closed before a request arrived")
+        line += byte
+        if len(line) > 20:
+            raise ValueError("bad request header")
+    return json.loads(_read_exact(fd, int(line)))
+
+
+def _send(kind, data):
+    view = memoryview(_HEADER.pack(kind, len(data)) + data)
+    while view:
+        view = view[os.write(1, view) :]
+
+
+def _oom_kills():
+    for path, key in (
+        ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
+        ("/sys/fs/cgroup/memory.events", "oom_kill"),
+    ):
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except OSError:
+            continue
+    return 0
+
+
+def _safe_path(path):
+    norm = os.path.normpath(path)
+    if os.path.isabs(norm) or norm == "." or norm.startswith(".."):
+        raise ValueError("file path must be relative and stay in the working directory")
+    return os.path.join(WORKDIR, norm)
+
+
+def _write_file(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+def _stdin_fd(text):
+    data = text.encode("utf-8")
+    try:
+        fd = os.open(WORKDIR, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except (OSError, AttributeError):
+        path = os.path.join(WORKDIR, ".stdin-%d" % os.getpid())
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        os.unlink(path)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+class _Stream:
+    def __init__(self, kind, limit):
+        self.kind = kind
+        self.limit = limit
+        self.total = 0
+
+    def feed(self, data):
+        keep = self.limit - self.total
+        self.total += len(data)
+        if keep > 0:
+            _send(self.kind, data[:keep])
+
+
+def _child_setup(stdin_fd, out_w, err_w):
+    os.setsid()  # its own process group, so the deadline kills every process it started
+    os.dup2(stdin_fd, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    _prctl_dumpable(1)
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")  # the OOM killer takes the program, not the runner
+    except OSError:
+        pass
+    os.chdir(WORKDIR)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as a fresh interpreter sets it
+
+
+def _child_inline(path, args):
+    """Run the program in this (forked) interpreter as `python3 main.py args` would. Never returns."""
+    import builtins
+    import types
+
+    sys.argv = [os.path.basename(path), *args]
+    sys.path[0] = os.path.dirname(path)
+    main = types.ModuleType("__main__")
+    main.__file__ = path
+    main.__cached__ = None
+    main.__builtins__ = builtins
+    _KEEP.append(sys.modules["__main__"])
+    sys.modules["__main__"] = main
+    try:
+        with open(path, "rb") as f:
+            code = compile(f.read(), path, "exec")
+        exec(code, main.__dict__)
+        status = 0
+    except SystemExit as e:
+        status = _exit_status(e.code)
+    except BaseException as e:
+        tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+        if isinstance(e, SyntaxError) and tb is None:
+            e.__traceback__ = None
+        sys.excepthook(type(e), e.with_traceback(tb), tb)
+        status = 1
+        if isinstance(e, KeyboardInterrupt):
+            status = -signal.SIGINT
+    _finalize(main, status)
+
+
+def _exit_status(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    try:
+        print(code, file=sys.stderr)
+    except Exception:
+        pass
+    return 1
+
+
+def _finalize(main, status):
+    """What interpreter shutdown does that a program can see, without the slow module teardown."""
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()  # join non-daemon threads
+        import atexit
+
+        atexit._run_exitfuncs()
+    except SystemExit as e:
+        status = _exit_status(e.code)
+    except BaseException as e:
+        sys.excepthook(type(e), e, e.__traceback__)
+    main.__dict__.clear()  # closes (and flushes) files the program left open
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            status = 120
+    if status < 0:
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+    os._exit(status & 0xFF)
+
+
+def _spawn(argv, stdin_fd, inline_path):
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _child_setup(stdin_fd, out_w, err_w)
+            if inline_path is not None:
+                _child_inline(inline_path, argv)
+            os.execvp(argv[0], argv)
+        except BaseException as e:  # exec failed: report it as the program's own error
+            os.write(2, ("runner: cannot start %r: %s\n" % (argv[0], e)).encode())
+            os._exit(127)
+    os.close(out_w)
+    os.close(err_w)
+    return pid, out_r, err_r
+
+
+def _wait_status(status):
+    if os.WIFSIGNALED(status):
+        return None, signal.Signals(os.WTERMSIG(status)).name
+    return os.WEXITSTATUS(status), None
+
+
+def _supervise(pid, pipes, deadline):
+    """Pump output until the program ends or the deadline passes; return (status, timed_out)."""
+    sel = selectors.DefaultSelector()
+    for fd, stream in pipes.items():
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ, stream)
+    try:
+        pidfd = os.pidfd_open(pid)
+        sel.register(pidfd, selectors.EVENT_READ, None)
+    except (OSError, AttributeError):
+        pidfd = None
+    status = None
+    drain_until = 0.0
+    timed_out = False
+    open_pipes = len(pipes)
+    while True:
+        now = time.monotonic()
+        if status is None and now >= deadline:
+            timed_out = True
+            break
+        if status is not None and (open_pipes == 0 or now >= drain_until):
+            break
+        wait = max(0.0, (deadline if status is None else drain_until) - now)
+        if pidfd is None and status is None:
+            wait = min(wait, 0.01)
+        for key, _ in sel.select(wait):
+            if key.data is None:
+                sel.unregister(key.fd)
+                continue
+            try:
+                data = os.read(key.fd, CHUNK)
+            except BlockingIOError:
+                continue
+            if data:
+                key.data.feed(data)
+            else:
+                sel.unregister(key.fd)
+                open_pipes -= 1
+        if status is None:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = raw
+                drain_until = time.monotonic() + DRAIN_AFTER_EXIT
+    sel.close()
+    if pidfd is not None:
+        os.close(pidfd)
+    if timed_out:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        _, status = os.waitpid(pid, 0)
+    return status, timed_out
+
+
+def _run_step(argv, stdin_fd, inline_path, timeout, kinds, limit):
+    streams = [_Stream(kinds[0], limit), _Stream(kinds[1], limit)]
+    oom_before = _oom_kills()
+    started = time.monotonic()
+    pid, out_r, err_r = _spawn(argv, stdin_fd, inline_path)
+    status, timed_out = _supervise(pid, {out_r: streams[0], err_r: streams[1]}, started + timeout)
+    duration_ms = int((time.monotonic() - started) * 1000)
+    os.close(out_r)
+    os.close(err_r)
+    exit_code, sig = _wait_status(status)
+    oom = not timed_out and exit_code != 0 and _oom_kills() > oom_before
+    return {
+        "exit_code": None if timed_out else exit_code,
+        "signal": sig,
+        "timed_out": timed_out,
+        "oom": oom,
+        "duration_ms": duration_ms,
+        "stdout_bytes": streams[0].total,
+        "stderr_bytes": streams[1].total,
+    }
+
+
+def main():
+    _prctl_dumpable(0)
+    request = _read_request(0)
+    os.close(0)
+    received = time.monotonic()
+    source = _safe_path(request["source_file"])
+    for item in request.get("files") or ():
+        _write_file(_safe_path(item["path"]), item["content"])
+    _write_file(source, request["code"])
+    limit = int(request["max_output"])
+    result = {"compile": None}
+    if request.get("compile"):
+        with open(os.devnull, "rb") as devnull:
+            step = _run_step(
+                request["compile"],
+                devnull.fileno(),
+                None,
+                request["compile_timeout"],
+                (b"o", b"e"),
+                limit,
+            )
+        result["compile"] = step
+        if step["exit_code"] != 0:
+            _send(b"R", json.dumps(result).encode())
+            return
+    budget = max(0.0, request["timeout"] - (time.monotonic() - received))
+    stdin_fd = _stdin_fd(request.get("stdin") or "")
+    inline = source if request.get("inline") else None
+    argv = (
+        list(request.get("args") or ())
+        if inline
+        else [*request["run"], *(request.get("args") or ())]
+    )
+    result.update(_run_step(argv, stdin_fd, inline, budget, (b"O", b"E"), limit))
+    _send(b"R", json.dumps(result).encode())
+
+
+if __name__ == "__main__":
+    main()
+    os._exit(0)  # the reply is sent: end the container now, skip interpreter teardown

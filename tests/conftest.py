@@ -1,0 +1,125 @@
+"""Shared fixtures: the real services the tests run against.
+
+Tests talk to a real Docker engine, real Redis and real processes of ours. `make test` starts
+the engine and Redis; a missing service fails the run when CI=true and skips elsewhere.
+The Docker security proxy is started here, once per session, and every Docker call of the
+service under test goes through it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import docker
+import pytest
+
+from executor.config import Settings
+from executor.policy import SANDBOX_LABEL_FILTER
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER_SOCKET = os.environ.get("EXECUTOR_TEST_DOCKER_SOCKET", "unix:///var/run/docker.sock")
+REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(what: str) -> None:
+    """A service the tests need is not there: fail in CI, skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{what} (CI=true: a missing service fails the run)")
+    pytest.skip(what)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception as e:  # noqa: BLE001 - any failure means not ready yet
+            last = e
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s: {last}")
+
+
+@pytest.fixture(scope="session")
+def raw_docker() -> Iterator[docker.DockerClient]:
+    """A client on the engine's own socket, for the tests' inspection only."""
+    client = docker.DockerClient(base_url=DOCKER_SOCKET, timeout=60)
+    try:
+        client.ping()
+    except Exception as e:  # noqa: BLE001
+        missing(f"no Docker engine answers at {DOCKER_SOCKET}: {e}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def proxy(tmp_path_factory: pytest.TempPathFactory, raw_docker: docker.DockerClient) -> Iterator[dict[str, str]]:
+    """The Docker security proxy, started as its own process: {"url", "docker_host", "audit"}."""
+    port = free_port()
+    audit = tmp_path_factory.mktemp("proxy") / "audit.jsonl"
+    env = {
+        **os.environ,
+        "PROXY_LISTEN": f"127.0.0.1:{port}",
+        "PROXY_UPSTREAM": DOCKER_SOCKET,
+        "PROXY_AUDIT_LOG": str(audit),
+    }
+    log = open(audit.with_suffix(".log"), "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "executor.proxy"], env=env, cwd=ROOT, stdout=log, stderr=log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1.41/_ping", 30, proc)
+        yield {"url": f"http://127.0.0.1:{port}", "docker_host": f"tcp://127.0.0.1:{port}", "audit": str(audit)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def docker_host(proxy: dict[str, str]) -> str:
+    """The DOCKER_HOST the service under test uses: always the proxy."""
+    return proxy["docker_host"]
+
+
+@pytest.fixture(scope="session")
+def settings(docker_host: str) -> Settings:
+    """Test settings: the defaults, Docker through the proxy, a test instance name."""
+    base = Settings.from_env({"REDIS_URL": REDIS_URL, "DOCKER_HOST": docker_host, "HOSTNAME": "pytest"})
+    return replace(base, pool_size=0)
+
+
+def sandboxes(raw_docker: docker.DockerClient, **labels: str) -> list[str]:
+    """Ids of containers (running or not) that carry our sandbox label (and `labels`)."""
+    wanted = [SANDBOX_LABEL_FILTER, *(f"{k}={v}" for k, v in labels.items())]
+    return [c.id for c in raw_docker.containers.list(all=True, filters={"label": wanted})]
+
+
+def wait_gone(raw_docker: docker.DockerClient, timeout: float = 15, **labels: str) -> list[str]:
+    """Wait until no sandbox with `labels` is left; return what is still there after timeout."""
+    deadline = time.monotonic() + timeout
+    left = sandboxes(raw_docker, **labels)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = sandboxes(raw_docker, **labels)
+    return left
