@@ -123,6 +123,11 @@ class Engine:
         self._images[image] = (image_id, time.monotonic())
         return image_id
 
+    def cached_image_id(self, image: str) -> str | None:
+        """The id last seen for `image`, without asking Docker."""
+        cached = self._images.get(image)
+        return cached[0] if cached else None
+
     def _pull(self, image: str) -> str:
         repository, _, tag = image.rpartition(":")
         if not repository or "/" in tag:
@@ -156,7 +161,8 @@ class Engine:
                 request = (
                     f"POST /v{self._version}/containers/{container_id}/attach"
                     "?stdin=1&stdout=1&stderr=1&stream=1 HTTP/1.1\r\n"
-                    "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+                    "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+                    "Content-Length: 0\r\n\r\n"
                 )
                 sock.sendall(request.encode())
                 head, pending = _read_head(sock)

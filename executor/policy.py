@@ -181,7 +181,7 @@ def check_create(body: Any, rules: Rules) -> list[str]:
         return problems
 
     expected = sandbox_config(
-        image=image,
+        image=str(image),
         memory_mb=memory_mb,
         cpus=cpus,
         pids=pids,

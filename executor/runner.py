@@ -11,14 +11,17 @@ Request (worker -> runner, over the attached stdin):
      "timeout": seconds, "compile_timeout": seconds, "max_output": bytes}
 
 Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian length + data.
+    b"r"         empty; sent once the runner has started and waits for its request
     b"O" / b"E"  the program's stdout / stderr (at most max_output bytes each)
     b"o" / b"e"  the build step's stdout / stderr (compiled languages)
     b"R"         last frame: JSON {"exit_code", "signal", "timed_out", "oom", "duration_ms",
                  "stdout_bytes", "stderr_bytes", "compile": {...} | null}
 
 Python programs run "inline": the runner's interpreter is already started, so the program is run
-in a forked child with a fresh __main__ instead of paying for a new interpreter. The worker
-does not trust any of this: it caps what it reads and enforces the deadline itself.
+in a forked child with a fresh __main__ instead of paying for a new interpreter.
+The attached stdin stays open while the program runs: when it closes, the worker is gone, and
+the runner kills the program and exits at once. The worker does not trust any of this: it
+caps what it reads and enforces the deadline itself.
 """
 
 import json
@@ -158,7 +161,7 @@ def _child_setup(stdin_fd, out_w, err_w):
 
 
 def _child_inline(path, args):
-    """Run the program in this (forked) interpreter as `python3 main.py args` would. Never returns."""
+    """Run the program in this forked interpreter as `python3 main.py args` would; never returns."""
     import builtins
     import types
 
@@ -249,9 +252,14 @@ def _wait_status(status):
     return os.WEXITSTATUS(status), None
 
 
+class WorkerGone(Exception):
+    """The worker closed our stdin: nobody waits for this result any more."""
+
+
 def _supervise(pid, pipes, deadline):
     """Pump output until the program ends or the deadline passes; return (status, timed_out)."""
     sel = selectors.DefaultSelector()
+    sel.register(0, selectors.EVENT_READ, "worker")
     for fd, stream in pipes.items():
         os.set_blocking(fd, False)
         sel.register(fd, selectors.EVENT_READ, stream)
@@ -278,6 +286,9 @@ def _supervise(pid, pipes, deadline):
             if key.data is None:
                 sel.unregister(key.fd)
                 continue
+            if key.data == "worker":
+                _kill_group(pid)
+                raise WorkerGone
             try:
                 data = os.read(key.fd, CHUNK)
             except BlockingIOError:
@@ -296,13 +307,17 @@ def _supervise(pid, pipes, deadline):
     if pidfd is not None:
         os.close(pidfd)
     if timed_out:
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        _kill_group(pid)
         _, status = os.waitpid(pid, 0)
     return status, timed_out
+
+
+def _kill_group(pid):
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _run_step(argv, stdin_fd, inline_path, timeout, kinds, limit):
@@ -329,8 +344,8 @@ def _run_step(argv, stdin_fd, inline_path, timeout, kinds, limit):
 
 def main():
     _prctl_dumpable(0)
+    _send(b"r", b"")
     request = _read_request(0)
-    os.close(0)
     received = time.monotonic()
     source = _safe_path(request["source_file"])
     for item in request.get("files") or ():
@@ -365,5 +380,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (WorkerGone, EOFError):
+        os._exit(3)  # nobody is listening: end the container and everything in it
     os._exit(0)  # the reply is sent: end the container now, skip interpreter teardown

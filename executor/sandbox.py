@@ -8,11 +8,12 @@ whole container) and treats a broken reply as the program's own failure.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
+import secrets
+import select
 import signal
 import socket
 import struct
@@ -63,19 +64,15 @@ class Container:
         if self.pending:
             return False
         try:
-            self.sock.setblocking(False)
-            try:
-                return not self.sock.recv(1, socket.MSG_PEEK)
-            except BlockingIOError:
-                return True
-            finally:
-                self.sock.setblocking(True)
-        except OSError:
+            readable, _, failed = select.select([self.sock], [], [self.sock], 0)
+        except (OSError, ValueError):
             return False
+        # Readable means EOF or bytes nobody asked for: either way this runner no longer waits.
+        return not readable and not failed
 
 
 class _Reply:
-    """Decodes Docker's stream framing, then the runner's frames, keeping at most `cap` per stream."""
+    """Decodes Docker's stream framing, then the runner's frames; keeps `cap` bytes per stream."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -86,6 +83,7 @@ class _Reply:
         self.streams: dict[bytes, bytearray] = {k: bytearray() for k in (b"O", b"E", b"o", b"e")}
         self.diagnostics = bytearray()
         self.final: dict[str, Any] | None = None
+        self.ready = False
         self.broken = ""
 
     def feed(self, data: bytes) -> None:
@@ -124,6 +122,8 @@ class _Reply:
                     self.broken = "the sandbox sent an unreadable result"
                     return
                 self.final = final
+            elif kind == b"r":
+                self.ready = True
             elif kind in self.streams:
                 kept = self.streams[kind]
                 if len(kept) < self.cap:
@@ -171,7 +171,8 @@ class Sandbox:
         self.settings = settings
         self.engine = engine
         self.events: Events = events or (lambda name, n: None)
-        self.owner = re.sub(r"[^A-Za-z0-9_.-]", "-", settings.instance)[:100] + f":{os.getpid()}"
+        instance = re.sub(r"[^A-Za-z0-9_.-]", "-", settings.instance)[:80] or "executor"
+        self.owner = f"{instance}:{os.getpid()}:{secrets.token_hex(4)}"
 
     def prepare(
         self, language: Language, memory_mb: int, cpus: float, execution: str = ""
@@ -208,6 +209,28 @@ class Sandbox:
             self._remove(container_id)
             raise
         return Container(container_id, attached.sock, attached.pending, language, profile, image_id)
+
+    def wait_ready(self, container: Container, timeout: float) -> bool:
+        """Wait until the container's runner says it waits for a program (warm pool use)."""
+        reply = _Reply(0)
+        reply.feed(container.pending)
+        container.pending = b""
+        deadline = time.monotonic() + timeout
+        sock = container.sock
+        while not reply.ready:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or reply.broken or reply.final is not None:
+                return False
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(64)
+            except OSError:
+                return False
+            if not data:
+                return False
+            reply.feed(data)
+        # Anything beyond the ready frame would be a runner that does not wait: refuse it.
+        return not (reply.docker_buf or reply.frame_buf)
 
     def destroy(self, container: Container) -> None:
         """Close the connection and remove the container (it may be gone already)."""
@@ -252,8 +275,6 @@ class Sandbox:
         delivered = time.monotonic()
         budget = limits.timeout + (COMPILE_TIMEOUT_S if language.compile else 0.0)
         deadline = delivered + budget + DEADLINE_GRACE_S
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)  # the runner needs nothing more from stdin
         if container.pending:
             reply.feed(container.pending)
         killed = False

@@ -53,7 +53,7 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = N
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
                     return
-        except Exception as e:  # noqa: BLE001 - any failure means not ready yet
+        except Exception as e:
             last = e
         time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer within {timeout}s: {last}")
@@ -65,7 +65,7 @@ def raw_docker() -> Iterator[docker.DockerClient]:
     client = docker.DockerClient(base_url=DOCKER_SOCKET, timeout=60)
     try:
         client.ping()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         missing(f"no Docker engine answers at {DOCKER_SOCKET}: {e}")
     yield client
     client.close()
@@ -112,7 +112,7 @@ def settings(docker_host: str) -> Settings:
 def sandboxes(raw_docker: docker.DockerClient, **labels: str) -> list[str]:
     """Ids of containers (running or not) that carry our sandbox label (and `labels`)."""
     wanted = [SANDBOX_LABEL_FILTER, *(f"{k}={v}" for k, v in labels.items())]
-    return [c.id for c in raw_docker.containers.list(all=True, filters={"label": wanted})]
+    return [c["Id"] for c in raw_docker.api.containers(all=True, filters={"label": wanted})]
 
 
 def wait_gone(raw_docker: docker.DockerClient, timeout: float = 15, **labels: str) -> list[str]:

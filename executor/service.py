@@ -1,0 +1,108 @@
+"""The execution service of one worker process: warm pool, sandbox, disposal and reaper.
+
+`run()` is all a task needs: a validated request in, a result out. The program's outcome is
+data; only infrastructure faults raise (our own ExecutorError subclasses).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from executor.config import Settings
+from executor.engine import Engine
+from executor.errors import InvalidRequest
+from executor.languages import languages
+from executor.models import RunRequest, RunResult
+from executor.pool import Profile, WarmPool
+from executor.reaper import Reaper
+from executor.sandbox import Container, Events, Sandbox
+
+log = logging.getLogger(__name__)
+
+
+class ExecutionService:
+    """Runs requests in single-use sandboxes. Construction does no I/O; `start()` begins."""
+
+    def __init__(self, settings: Settings, events: Events | None = None) -> None:
+        self.settings = settings
+        self.engine = Engine(settings)
+        self.sandbox = Sandbox(settings, self.engine, events)
+        self.languages = languages(settings)
+        self._disposer = ThreadPoolExecutor(4, "sandbox-dispose")
+        default = Profile(
+            self.languages["python"], settings.default_memory_mb, settings.default_cpus
+        )
+        self.pool = WarmPool(
+            self.sandbox,
+            [default],
+            size=settings.pool_size,
+            max_idle_s=settings.pool_max_idle_s,
+            refill_concurrency=settings.pool_refill_concurrency,
+            dispose=self.dispose,
+        )
+        self.reaper = Reaper(
+            self.engine,
+            self.sandbox.owner,
+            max_timeout=settings.max_timeout,
+            max_idle_s=settings.pool_max_idle_s,
+            interval=settings.reap_interval_s,
+        )
+        self._lock = threading.Lock()
+        self._started = False
+
+    def start(self) -> None:
+        """Start the warm pool and the reaper (both in the background)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self.reaper.start()
+        self.pool.start()
+
+    def stop(self) -> None:
+        """Drain the pool, finish pending removals, stop the reaper."""
+        self.pool.stop()
+        self.reaper.stop()
+        self._disposer.shutdown(wait=True)
+        self.engine.close()
+
+    def run(self, request: RunRequest, execution_id: str) -> RunResult:
+        """Run `request` once in a fresh container (warm when one fits) and remove it after."""
+        language = self.languages.get(request.language)
+        if language is None:
+            raise InvalidRequest(
+                f"unknown language {request.language!r}",
+                errors={"language": [f"must be one of {sorted(self.languages)}"]},
+            )
+        limits = request.limits
+        container = self.pool.take(language, limits.memory_mb, limits.cpus)
+        warm = container is not None
+        if container is None:
+            container = self.sandbox.prepare(language, limits.memory_mb, limits.cpus, execution_id)
+        try:
+            result = self.sandbox.execute(container, request)
+        finally:
+            self.dispose(container)
+        result.warm = warm
+        log.info(
+            "execution %s: %s (exit %s, %d ms, %s container %s)",
+            execution_id,
+            result.status,
+            result.exit_code,
+            result.duration_ms,
+            "warm" if warm else "cold",
+            container.id[:12],
+        )
+        return result
+
+    def dispose(self, container: Container) -> None:
+        """Remove `container` in the background: removal is not on anyone's critical path."""
+        try:
+            self._disposer.submit(self.sandbox.destroy, container)
+        except RuntimeError:  # shutting down: remove it now
+            self.sandbox.destroy(container)
+
+    def pool_stats(self) -> dict[str, int]:
+        return self.pool.stats()

@@ -1,0 +1,134 @@
+"""The warm pool: containers started in advance, each used by exactly one execution."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+
+from executor.models import RunRequest
+from executor.policy import LABEL_WORKER
+from executor.sandbox import default_limits
+from executor.service import ExecutionService
+from tests.conftest import sandboxes, wait_gone
+
+pytestmark = pytest.mark.docker
+
+
+def wait_warm(svc: ExecutionService, n: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while svc.pool_stats()["warm"] < n:
+        assert time.monotonic() < deadline, f"pool never reached {n}: {svc.pool_stats()}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def warm_service(settings, raw_docker):
+    svc = ExecutionService(replace(settings, pool_size=2, pool_refill_concurrency=2))
+    svc.start()
+    yield svc
+    svc.stop()
+    assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
+
+
+def run(svc: ExecutionService, code: str, **limits: float):
+    request = RunRequest(code=code, limits=replace(default_limits(svc.settings), **limits))
+    return svc.run(request, "33333333-3333-4333-8333-333333333333")
+
+
+def test_pool_fills_to_its_size_and_hands_out_ready_containers(warm_service, raw_docker):
+    wait_warm(warm_service, 2)
+    assert len(sandboxes(raw_docker, **{LABEL_WORKER: warm_service.sandbox.owner})) == 2
+    r = run(warm_service, "print('warm')")
+    assert (r.status, r.stdout, r.warm) == ("success", "warm\n", True)
+    wait_warm(warm_service, 2)  # refilled in the background
+
+
+def test_a_container_is_never_reused(warm_service):
+    wait_warm(warm_service, 2)
+    first = run(
+        warm_service,
+        "import os\nopen('/tmp/mark', 'w').write('x')\nprint(os.uname().nodename, os.path.exists('/tmp/mark'))",
+    )
+    wait_warm(warm_service, 2)
+    second = run(warm_service, "import os\nprint(os.path.exists('/tmp/mark'))")
+    assert first.stdout.endswith("True\n") and second.stdout == "False\n"
+    assert first.warm and second.warm
+    assert warm_service.pool_stats()["handed_out"] == 2
+
+
+def test_other_limits_get_a_fresh_container(warm_service):
+    wait_warm(warm_service, 2)
+    r = run(warm_service, "print('cold')", memory_mb=64)
+    assert (r.stdout, r.warm, r.limits.memory_mb) == ("cold\n", False, 64)
+    assert warm_service.pool_stats()["warm"] == 2
+
+
+def test_timeout_counts_from_code_delivery_not_container_start(warm_service):
+    wait_warm(warm_service, 2)
+    time.sleep(1.5)  # the warm containers have been up for a while
+    r = run(warm_service, "import time\ntime.sleep(0.8)\nprint('in time')", timeout=1)
+    assert (r.status, r.stdout) == ("success", "in time\n")
+
+
+def test_dead_warm_container_is_not_handed_out(warm_service, raw_docker):
+    wait_warm(warm_service, 2)
+    for cid in sandboxes(raw_docker, **{LABEL_WORKER: warm_service.sandbox.owner}):
+        raw_docker.api.kill(cid)
+    time.sleep(0.5)
+    r = run(warm_service, "print('still fine')")
+    assert (r.status, r.stdout) == ("success", "still fine\n")
+
+
+def test_idle_containers_are_recycled(settings, raw_docker):
+    svc = ExecutionService(replace(settings, pool_size=1, pool_max_idle_s=1.0))
+    svc.start()
+    try:
+        wait_warm(svc, 1)
+        first = set(sandboxes(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = set(sandboxes(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}))
+            if now and not now & first:
+                break
+            time.sleep(0.2)
+        assert now and not now & first, "the idle container was never replaced"
+    finally:
+        svc.stop()
+    assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
+
+
+def test_stop_drains_the_pool(settings, raw_docker):
+    svc = ExecutionService(replace(settings, pool_size=2))
+    svc.start()
+    wait_warm(svc, 2)
+    svc.stop()
+    assert wait_gone(raw_docker, timeout=10, **{LABEL_WORKER: svc.sandbox.owner}) == []
+
+
+def test_reaper_removes_containers_of_a_dead_worker(settings, raw_docker):
+    from executor.policy import sandbox_config
+
+    dead_owner = f"{settings.instance}:999999:dead"
+    config = sandbox_config(
+        image="executor-python:3.11",
+        memory_mb=64,
+        cpus=0.1,
+        pids=16,
+        tmpfs_mb=10,
+        nofile=64,
+        runtime="",
+        worker=dead_owner,
+        execution="",
+        profile="orphan",
+    )
+    cid = raw_docker.api.create_container_from_config(config)["Id"]
+    svc = ExecutionService(settings)
+    try:
+        assert svc.reaper.reap() >= 1
+        assert cid not in sandboxes(raw_docker)
+    finally:
+        svc.stop()
+        if cid in sandboxes(raw_docker):
+            raw_docker.api.remove_container(cid, force=True)
