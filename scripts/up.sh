@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Start the Executor Service on this host in the background: the Docker security proxy, the
+# Celery worker and the API, each with its log and pid file in RUN_DIR. Returns once
+# GET /health answers 200. A process whose pid file names a live process is left as it is.
+# Run scripts/host-setup.sh and scripts/build-images.sh first (`make up` does).
+#
+# Environment: PORT (8083), PROXY_LISTEN (127.0.0.1:2375), PROXY_UPSTREAM
+# (unix:///var/run/docker.sock), REDIS_URL (redis://localhost:6379/0), RUN_DIR (.run),
+# UP_TIMEOUT (seconds to wait for /health, 120); EXECUTOR_* settings pass through.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+PORT=${PORT:-8083}
+PROXY_LISTEN=${PROXY_LISTEN:-127.0.0.1:2375}
+UP_TIMEOUT=${UP_TIMEOUT:-120}
+
+[[ -x $VENV/bin/python ]] || die "no virtualenv at $(rel "$VENV"); run 'make setup' first"
+
+# Where the worker and API reach the proxy: a wildcard listen address is reached on loopback.
+proxy_host=${PROXY_LISTEN%:*}
+proxy_port=${PROXY_LISTEN##*:}
+case $proxy_host in
+"" | 0.0.0.0 | "*") proxy_host=127.0.0.1 ;;
+"[::]" | "::") proxy_host="[::1]" ;;
+esac
+proxy_url=http://$proxy_host:$proxy_port
+service_env=(
+	"DOCKER_HOST=tcp://$proxy_host:$proxy_port"
+	"REDIS_URL=$REDIS_URL"
+	"PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+)
+
+# start NAME COMMAND...: start NAME unless its pid file names a live process of that kind.
+start() {
+	local name=$1 pidf=$RUN_DIR/$1.pid
+	shift
+	if pid_alive "$pidf" "${PROCESS_PATTERN[$name]}"; then
+		log "$name: already running (pid $(<"$pidf"))"
+		return
+	fi
+	spawn "$RUN_DIR/$name.log" "$pidf" "$@"
+	log "$name: started (pid $(<"$pidf"), log $(rel "$RUN_DIR/$name.log"))"
+}
+
+# check_alive NAME...: fail with the log of the first process that has exited.
+check_alive() {
+	local name
+	for name in "$@"; do
+		if ! pid_alive "$RUN_DIR/$name.pid" "${PROCESS_PATTERN[$name]}"; then
+			tail_log "$RUN_DIR/$name.log"
+			die "$name exited; see $(rel "$RUN_DIR/$name.log") (run 'make down' to stop the rest)"
+		fi
+	done
+}
+
+# wait_ok NAME URL TIMEOUT PROCESS...: poll URL until it answers 200, while PROCESSes live.
+wait_ok() {
+	local name=$1 url=$2 timeout=$3 deadline status=000 p
+	shift 3
+	deadline=$((SECONDS + timeout))
+	while ((SECONDS < deadline)); do
+		check_alive "$@"
+		status=$(http_status "$url")
+		[[ $status == 200 ]] && return 0
+		sleep 0.5
+	done
+	for p in "$@"; do tail_log "$RUN_DIR/$p.log" 20; done
+	die "$name: GET $url did not answer 200 within ${timeout}s (last status $status); run 'make down' to stop what started"
+}
+
+start proxy env "PROXY_LISTEN=$PROXY_LISTEN" "PROXY_UPSTREAM=$PROXY_UPSTREAM" \
+	"PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/python" -m executor.proxy
+wait_ok proxy "$proxy_url/_ping" 30 proxy
+
+start worker env "${service_env[@]}" "$VENV/bin/celery" -A worker worker --loglevel=INFO
+# XDG_RUNTIME_DIR: gunicorn's control socket goes to RUN_DIR, not a path shared with every
+# other gunicorn of this user (~/.gunicorn).
+start api env "${service_env[@]}" "PORT=$PORT" "XDG_RUNTIME_DIR=$RUN_DIR" "$VENV/bin/gunicorn" -b "0.0.0.0:$PORT" api:app
+wait_ok api "http://127.0.0.1:$PORT/health" "$UP_TIMEOUT" proxy worker api
+
+log "up: API http://127.0.0.1:$PORT (health 200), worker, proxy $proxy_url; logs and pids in $(rel "$RUN_DIR")/; 'make down' stops them"
