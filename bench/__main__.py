@@ -1,0 +1,280 @@
+"""`python -m bench`: the latency and throughput of every path, measured side by side in one run.
+
+(a) the bare-process floor: `python3 -I -S -c 'print(1)'` on the host
+(b) the naive docker SDK path, same hardening: create, start, wait, logs, remove
+(c) our sandbox, cold: a fresh container per run, through the proxy
+(d) our sandbox, warm: a pooled container, through the proxy
+(e) POST /execute end to end, warm: HTTP -> Redis -> worker -> container -> Redis -> HTTP
+then throughput at several concurrencies (e against b), the memory of one idle pooled
+container, and the ratios the targets are stated in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import docker
+
+from bench.stack import running_stack
+from executor.config import Settings
+from executor.models import RunRequest
+from executor.policy import LABEL_WORKER
+from executor.sandbox import default_limits
+from executor.service import ExecutionService
+
+CODE = "print(1)"
+BENCH_LABEL = "io.executor.bench"
+
+
+def pct(samples: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    return at(0.5), at(0.95), at(0.99)
+
+
+def timed(fn: Callable[[], object], n: int, pause: Callable[[], None] | None = None) -> list[float]:
+    samples = []
+    for _ in range(n):
+        if pause is not None:
+            pause()
+        began = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - began) * 1000)
+    return samples
+
+
+def floor_once() -> None:
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", CODE], capture_output=True, check=True
+    ).stdout
+    assert out == b"1\n"  # noqa: S101 - a benchmark that measures a broken path is worthless
+
+
+class Naive:
+    """The path most sandboxes take: one container per run, docker SDK, logs via the log driver."""
+
+    def __init__(self, socket_url: str, settings: Settings) -> None:
+        self.client = docker.DockerClient(base_url=socket_url, version="1.41", timeout=60)
+        self.settings = settings
+
+    def once(self) -> None:
+        s = self.settings
+        container = self.client.containers.create(
+            s.python_image,
+            ["python3", "-c", CODE],
+            user="10001:10001",
+            working_dir="/tmp",
+            network_disabled=True,
+            network_mode="none",
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.tmpfs_mb}m,mode=1777"},
+            mem_limit=f"{s.default_memory_mb}m",
+            memswap_limit=f"{s.default_memory_mb}m",
+            nano_cpus=round(s.default_cpus * 1e9),
+            pids_limit=s.pids_limit,
+            security_opt=["no-new-privileges"],
+            cap_drop=["ALL"],
+            ulimits=[
+                docker.types.Ulimit(name="nofile", soft=s.nofile_limit, hard=s.nofile_limit),
+                docker.types.Ulimit(name="core", soft=0, hard=0),
+            ],
+            init=True,
+            labels={BENCH_LABEL: "naive"},
+        )
+        try:
+            container.start()
+            container.wait(timeout=60)
+            out = container.logs(stdout=True, stderr=False)
+            assert out == b"1\n", out  # noqa: S101
+        finally:
+            container.remove(force=True)
+
+
+class Api:
+    """POST /execute over one kept-alive connection per thread."""
+
+    def __init__(self, base: str) -> None:
+        self.url = urlsplit(base)
+        self.warm = 0
+        self.total = 0
+
+    def once(self, conn: http.client.HTTPConnection | None = None) -> None:
+        own = conn is None
+        conn = conn or http.client.HTTPConnection(self.url.hostname, self.url.port, timeout=120)
+        try:
+            body = json.dumps({"code": CODE})
+            conn.request("POST", "/execute", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = json.loads(response.read())
+            if response.status != 200 or data.get("stdout") != "1\n":
+                raise RuntimeError(f"HTTP {response.status}: {str(data)[:200]}")
+            self.total += 1
+            self.warm += bool(data.get("warm"))
+        finally:
+            if own:
+                conn.close()
+
+
+def throughput(make_call: Callable[[], Callable[[], None]], concurrency: int, total: int) -> tuple[float, int]:
+    """Executions per second with `concurrency` clients doing `total` runs; and the errors."""
+    errors = 0
+    per_client = max(1, total // concurrency)
+
+    def client() -> int:
+        call = make_call()
+        failed = 0
+        for _ in range(per_client):
+            try:
+                call()
+            except Exception as e:  # noqa: BLE001 - counted and reported
+                failed += 1
+                print(f"  error: {e}", file=sys.stderr)
+        return failed
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        errors = sum(pool.map(lambda _: client(), range(concurrency)))
+    elapsed = time.perf_counter() - began
+    return per_client * concurrency / elapsed, errors
+
+
+def idle_pool_memory(svc: ExecutionService, raw: docker.DockerClient) -> int:
+    wait_warm(svc, 1)
+    time.sleep(1.0)
+    ids = [c["Id"] for c in raw.api.containers(filters={"label": f"{LABEL_WORKER}={svc.sandbox.owner}"})]
+    stats = raw.api.stats(ids[0], stream=False)
+    memory = stats["memory_stats"]
+    # What the kernel charges the container, less reclaimable page cache (as `docker stats`).
+    cache = memory.get("stats", {}).get("total_inactive_file", memory.get("stats", {}).get("inactive_file", 0))
+    return int(memory["usage"]) - int(cache)
+
+
+def wait_warm(svc: ExecutionService, n: int) -> None:
+    deadline = time.monotonic() + 60
+    while svc.pool_stats()["warm"] < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def row(name: str, samples: list[float]) -> tuple[str, float, float, float]:
+    p50, p95, p99 = pct(samples)
+    return name, p50, p95, p99
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=40, help="sequential runs per latency row")
+    parser.add_argument("--levels", default="1,4,8,16", help="throughput concurrencies")
+    parser.add_argument("--per-level", type=int, default=48, help="runs per throughput level")
+    parser.add_argument("--upstream", default="unix:///var/run/docker.sock")
+    parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://localhost:6379/14"))
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    n = args.n
+
+    settings = Settings.from_env({"DOCKER_HOST": args.upstream, "HOSTNAME": "bench-inproc"})
+    raw = docker.DockerClient(base_url=args.upstream, version="1.41", timeout=60)
+    naive = Naive(args.upstream, settings)
+    print(f"# Executor Service benchmark, {time.strftime('%Y-%m-%d %H:%M')} UTC, {os.cpu_count()} cores")
+    rows: list[tuple[str, float, float, float]] = []
+
+    rows.append(row("(a) bare process: python3 -I -S -c 'print(1)'", timed(floor_once, n)))
+    naive.once()
+    rows.append(row("(b) naive docker SDK: create+start+wait+logs+remove", timed(naive.once, n)))
+
+    with running_stack(args.redis, args.upstream, pool_size=4, concurrency=8) as stack:
+        through_proxy = replace(settings, docker_host=stack.docker_host)
+        cold = ExecutionService(replace(through_proxy, pool_size=0))
+        warm = ExecutionService(replace(through_proxy, pool_size=2))
+        warm.start()
+        limits = default_limits(settings)
+        request = RunRequest(code=CODE, limits=limits)
+
+        def run_on(svc: ExecutionService) -> Callable[[], None]:
+            def call() -> None:
+                result = svc.run(request, "bench")
+                assert result.stdout == "1\n", result  # noqa: S101
+
+            return call
+
+        run_on(cold)()
+        rows.append(row("(c) our sandbox, cold (through the proxy)", timed(run_on(cold), n)))
+
+        def settle() -> None:
+            wait_warm(warm, 2)
+            time.sleep(0.3)
+
+        rows.append(row("(d) our sandbox, warm (through the proxy)", timed(run_on(warm), n, settle)))
+        memory = idle_pool_memory(warm, raw)
+        warm.stop()
+        cold.stop()
+
+        api = Api(stack.api)
+        api.once()
+        conn = http.client.HTTPConnection(api.url.hostname, api.url.port, timeout=120)
+        api.warm = api.total = 0
+        e2e = timed(lambda: api.once(conn), n, lambda: time.sleep(0.4))
+        conn.close()
+        rows.append(row("(e) POST /execute end to end, warm", e2e))
+        warm_share = f"{api.warm}/{api.total}"
+
+        print("\n| path | p50 ms | p95 ms | p99 ms |\n| --- | ---: | ---: | ---: |")
+        for name, p50, p95, p99 in rows:
+            print(f"| {name} | {p50:.1f} | {p95:.1f} | {p99:.1f} |")
+        print(f"\n(e) ran warm in {warm_share} requests")
+
+        print("\n| concurrency | naive docker SDK exec/s | POST /execute exec/s | errors (e) |")
+        print("| ---: | ---: | ---: | ---: |")
+        naive_best = 0.0
+        e2e_rates: dict[int, tuple[float, int]] = {}
+        for level in levels:
+            naive_rate, naive_errors = throughput(lambda: naive.once, level, args.per_level)
+            naive_best = max(naive_best, naive_rate)
+            e2e_rate, e2e_errors = throughput(lambda: Api(stack.api).once, level, args.per_level)
+            e2e_rates[level] = (e2e_rate, e2e_errors)
+            print(f"| {level} | {naive_rate:.2f} | {e2e_rate:.2f} | {e2e_errors} |")
+            if naive_errors:
+                print(f"  (naive path errors at {level}: {naive_errors})")
+
+    floor, naive_p50, e2e_p50 = rows[0][1], rows[1][1], rows[4][1]
+    top = max(levels)
+    best_e2e = max(rate for rate, _ in e2e_rates.values())
+    print(f"\nidle pooled container memory: {memory / 1024 / 1024:.1f} MiB")
+    print("\n| ratio | value | target |\n| --- | ---: | --- |")
+    checks = [
+        ("e2e warm p50 / bare-process p50", e2e_p50 / floor, "<= 4", e2e_p50 / floor <= 4),
+        ("e2e warm p50 / naive p50", e2e_p50 / naive_p50, "<= 0.2", e2e_p50 / naive_p50 <= 0.2),
+        ("sandbox warm p50 / naive p50", rows[3][1] / naive_p50, "-", True),
+        ("sandbox cold p50 / naive p50", rows[2][1] / naive_p50, "-", True),
+        ("best e2e throughput / naive ceiling", best_e2e / naive_best, ">= 0.9", best_e2e / naive_best >= 0.9),
+        (f"e2e throughput at {top} / naive ceiling", e2e_rates[top][0] / naive_best, ">= 0.9",
+         e2e_rates[top][0] / naive_best >= 0.9),
+        (f"e2e errors at concurrency {top}", float(e2e_rates[top][1]), "0", e2e_rates[top][1] == 0),
+    ]
+    for name, value, target, ok in checks:
+        mark = "" if target == "-" else (" (met)" if ok else " (MISSED)")
+        print(f"| {name} | {value:.2f} | {target}{mark} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"rows": rows, "memory_bytes": memory, "naive_best": naive_best,
+                       "e2e": {str(k): v for k, v in e2e_rates.items()}}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Starts a private stack for a benchmark: the proxy, one worker and the API, on free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own loopback URL
+                if r.status == 200:
+                    return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
+
+
+@dataclass
+class Stack:
+    api: str
+    docker_host: str
+    redis_url: str
+    logs: Path
+
+
+@contextlib.contextmanager
+def running_stack(
+    redis_url: str, upstream: str, pool_size: int, concurrency: int
+) -> Iterator[Stack]:
+    """Proxy + worker + gunicorn API, torn down on exit; logs in a temporary folder."""
+    logs = Path(tempfile.mkdtemp(prefix="executor-bench-"))
+    proxy_port, api_port = free_port(), free_port()
+    docker_host = f"tcp://127.0.0.1:{proxy_port}"
+    env = {
+        **os.environ,
+        "PROXY_LISTEN": f"127.0.0.1:{proxy_port}",
+        "PROXY_UPSTREAM": upstream,
+        "PROXY_AUDIT_LOG": str(logs / "audit.jsonl"),
+        "DOCKER_HOST": docker_host,
+        "REDIS_URL": redis_url,
+        "PORT": str(api_port),
+        "HOSTNAME": "bench",
+        "EXECUTOR_POOL_SIZE": str(pool_size),
+        "EXECUTOR_CONCURRENCY": str(concurrency),
+        "EXECUTOR_LOG_LEVEL": "WARNING",
+    }
+    commands = {
+        "proxy": [sys.executable, "-m", "executor.proxy"],
+        "worker": [str(VENV_BIN / "celery"), "-A", "worker", "worker", "--loglevel=WARNING"],
+        "api": [str(VENV_BIN / "gunicorn"), "-b", f"127.0.0.1:{api_port}", "api:app"],
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for name, command in commands.items():
+            with open(logs / f"{name}.log", "wb") as log:
+                procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log))
+            if name == "proxy":
+                wait_http(f"http://127.0.0.1:{proxy_port}/v1.41/_ping", 30, procs)
+        wait_http(f"http://127.0.0.1:{api_port}/health", 120, procs)
+        yield Stack(f"http://127.0.0.1:{api_port}", docker_host, redis_url, logs)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in reversed(procs):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
