@@ -30,10 +30,9 @@ def wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) ->
         for proc in procs:
             if proc.poll() is not None:
                 raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - our own loopback URL
-                if r.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
+            if r.status == 200:
+                return
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
 
