@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import docker
 import docker.errors
 import requests
+import requests.adapters
 
 from executor.config import Settings
 from executor.errors import (
@@ -60,12 +61,20 @@ class Engine:
     def api(self) -> docker.APIClient:
         with self._lock:
             if self._client is None:
-                self._client = docker.APIClient(
+                client = docker.APIClient(
                     base_url=self.address,
                     version=self._version,
                     timeout=self._timeout,
                     max_pool_size=self._pool_size,
                 )
+                if self.address.startswith(("tcp://", "http://")):
+                    # docker-py sizes its pool only for unix sockets; every worker thread and
+                    # the pool's builders may talk to the proxy at once.
+                    adapter = requests.adapters.HTTPAdapter(
+                        pool_connections=1, pool_maxsize=self._pool_size
+                    )
+                    client.mount("http://", adapter)
+                self._client = client
             return self._client
 
     def close(self) -> None:
