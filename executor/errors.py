@@ -140,3 +140,9 @@ def all_error_classes() -> list[type[ExecutorError]]:
         seen.append(cls)
         stack.extend(cls.__subclasses__())
     return seen
+
+
+def error_for(code: str, message: str, errors: dict[str, Any] | None = None) -> ExecutorError:
+    """Rebuild the error whose `code` is `code` (the base class for an unknown code)."""
+    by_code = {cls.code: cls for cls in reversed(all_error_classes())}
+    return by_code.get(code, ExecutorError)(message, errors)

@@ -72,7 +72,9 @@ def raw_docker() -> Iterator[docker.DockerClient]:
 
 
 @pytest.fixture(scope="session")
-def proxy(tmp_path_factory: pytest.TempPathFactory, raw_docker: docker.DockerClient) -> Iterator[dict[str, str]]:
+def proxy(
+    tmp_path_factory: pytest.TempPathFactory, raw_docker: docker.DockerClient
+) -> Iterator[dict[str, str]]:
     """The Docker security proxy, started as its own process: {"url", "docker_host", "audit"}."""
     port = free_port()
     audit = tmp_path_factory.mktemp("proxy") / "audit.jsonl"
@@ -83,10 +85,16 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, raw_docker: docker.DockerCli
         "PROXY_AUDIT_LOG": str(audit),
     }
     log = open(audit.with_suffix(".log"), "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "executor.proxy"], env=env, cwd=ROOT, stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "executor.proxy"], env=env, cwd=ROOT, stdout=log, stderr=log
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/v1.41/_ping", 30, proc)
-        yield {"url": f"http://127.0.0.1:{port}", "docker_host": f"tcp://127.0.0.1:{port}", "audit": str(audit)}
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "docker_host": f"tcp://127.0.0.1:{port}",
+            "audit": str(audit),
+        }
     finally:
         proc.terminate()
         try:
@@ -105,7 +113,9 @@ def docker_host(proxy: dict[str, str]) -> str:
 @pytest.fixture(scope="session")
 def settings(docker_host: str) -> Settings:
     """Test settings: the defaults, Docker through the proxy, a test instance name."""
-    base = Settings.from_env({"REDIS_URL": REDIS_URL, "DOCKER_HOST": docker_host, "HOSTNAME": "pytest"})
+    base = Settings.from_env(
+        {"REDIS_URL": REDIS_URL, "DOCKER_HOST": docker_host, "HOSTNAME": "pytest"}
+    )
     return replace(base, pool_size=0)
 
 

@@ -1,0 +1,74 @@
+"""The HTTP API: a Flask app factory with flask-smorest blueprints.
+
+    create_app(settings) -> Flask
+
+Nothing connects when the app is built: Redis, Celery's broker and Docker are reached on the
+first request that needs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, request
+
+from executor import __version__
+from executor.celery_app import create_celery
+from executor.config import Settings
+from executor.errors import PayloadTooLarge
+from executor.store import Store
+from executor.validation import Bounds
+from executor.web import docs, executions, operations, schemas
+from executor.web.context import EXTENSION, Context
+from executor.web.errors import ExecutorApi, register_error_handlers
+from executor.web.health import Health, Pinger, celery_pinger, default_docker
+
+DESCRIPTION = """Runs untrusted code in single-use, locked-down Docker containers.
+
+POST /execute runs a program and waits for its result; POST /executions queues it and
+GET /executions/{id} fetches the result later. Errors share one payload:
+`{"code", "status", "message", "errors"?}`."""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    celery: Any = None,
+    docker: Pinger | None = None,
+) -> Flask:
+    """The API for `settings` (dependencies may be given, for tests)."""
+    app = Flask("executor", static_folder=None)
+    bounds = Bounds.from_settings(settings)
+    app.config.update(
+        API_TITLE="Executor Service",
+        API_VERSION=__version__,
+        API_SPEC_OPTIONS={"info": {"description": DESCRIPTION}},
+        MAX_CONTENT_LENGTH=bounds.max_body_bytes,
+        **docs.config(),
+    )
+    store = store or Store(
+        settings.redis_url, ttl_s=settings.result_ttl_s, history_size=settings.history_size
+    )
+    celery = celery or create_celery(settings)
+    health = Health(docker or default_docker(settings), store, celery_pinger(celery))
+    app.extensions[EXTENSION] = Context(settings, bounds, store, celery, health)
+
+    api = ExecutorApi(app)
+    for schema in (schemas.ExecutionResultSchema, schemas.ExecutionFailedSchema):
+        api.spec.components.schema(executions.schema_name(schema), schema=schema)
+    api.register_blueprint(executions.blueprint(schemas.build(bounds)))
+    api.register_blueprint(operations.blueprint())
+    register_error_handlers(app)
+    docs.register(app, api)
+
+    @app.before_request
+    def refuse_large_bodies() -> None:
+        # Before anything reads the body: a huge upload is refused on its headers alone.
+        length = request.content_length
+        if length is not None and length > bounds.max_body_bytes:
+            raise PayloadTooLarge(
+                f"the body is {length} bytes; no valid request exceeds {bounds.max_body_bytes}"
+            )
+
+    return app

@@ -1,0 +1,31 @@
+"""What every view of one app shares: settings, the store, the Celery app, health checks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from flask import current_app
+
+from executor.config import Settings
+from executor.store import Store
+from executor.validation import Bounds
+from executor.web.health import Health
+
+EXTENSION = "executor"
+
+
+@dataclass
+class Context:
+    settings: Settings
+    bounds: Bounds
+    store: Store
+    celery: Any
+    health: Health
+    started: float = field(default_factory=time.monotonic)
+
+
+def context() -> Context:
+    """The current app's Context."""
+    return cast(Context, current_app.extensions[EXTENSION])

@@ -1,0 +1,211 @@
+"""The service's own processes, for end-to-end tests: real workers, a real API, real Redis.
+
+Every worker is `celery -A worker worker` as the contract starts it, with Docker through the
+session's security proxy; the main API is `gunicorn api:app` from the repository root (so it
+reads gunicorn.conf.py). Variants of the API (another Redis, a dead Docker, no grace) run
+in-process on a real socket. Each scenario gets a Redis database of its own, flushed first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+import requests
+from flask import Flask
+from werkzeug.serving import make_server
+
+from executor.config import Settings
+from executor.store import Store
+from executor.web import create_app
+from tests.conftest import REDIS_URL, ROOT, free_port, missing, wait_http
+
+MAIN_DB = 15  # the main stack's database; scenarios use 14 and below
+
+
+def redis_url(db: int) -> str:
+    parts = urlsplit(REDIS_URL)
+    return parts._replace(path=f"/{db}").geturl()
+
+
+def dead_port() -> int:
+    """A local port nothing listens on."""
+    return free_port()
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (gunicorn's and celery's children too)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, grace: float = 20) -> None:
+        if self.popen.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.popen.wait(10)
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str], logdir: Path) -> Process:
+    log = logdir / f"{name}.log"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    return Process(name, popen, log)
+
+
+def flushed(db: int) -> str:
+    url = redis_url(db)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    except redis.ConnectionError as e:
+        missing(f"no Redis answers at {url}: {e}")
+    finally:
+        client.close()
+    return url
+
+
+def wait_until(what: str, probe: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"{what} did not happen within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("service-logs")
+
+
+WorkerFactory = Callable[..., Process]
+
+
+@pytest.fixture(scope="session")
+def start_worker(logdir: Path) -> Iterator[WorkerFactory]:
+    """start_worker(name, redis_url, docker_host, **env): a worker that is beating."""
+    started: list[Process] = []
+
+    def start(name: str, url: str, docker_host: str, **env: str) -> Process:
+        environ = {
+            "REDIS_URL": url,
+            "DOCKER_HOST": docker_host,
+            "HOSTNAME": name,
+            "EXECUTOR_POOL_SIZE": "1",
+            "EXECUTOR_CONCURRENCY": "4",
+            **env,
+        }
+        argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-n", f"{name}@%h"]
+        process = spawn(f"worker-{name}", [*argv, "--loglevel=INFO"], environ, logdir)
+        started.append(process)
+        store = Store(url, ttl_s=60, history_size=10)
+        try:
+
+            def beating() -> bool:
+                if process.popen.poll() is not None:
+                    raise AssertionError(f"worker {name} exited:\n{process.output()[-3000:]}")
+                return any(w.get("instance") == name for w in store.live_workers())
+
+            wait_until(f"worker {name} beating", beating, 60)
+        finally:
+            store.close()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def main_redis() -> str:
+    return flushed(MAIN_DB)
+
+
+@pytest.fixture(scope="session")
+def main_worker(start_worker: WorkerFactory, main_redis: str, docker_host: str) -> Process:
+    return start_worker("pytest-worker", main_redis, docker_host)
+
+
+@pytest.fixture(scope="session")
+def api(main_worker: Process, main_redis: str, docker_host: str, logdir: Path) -> Iterator[str]:
+    """The main API, started as the contract says: gunicorn api:app (gunicorn.conf.py)."""
+    port = free_port()
+    env = {"REDIS_URL": main_redis, "DOCKER_HOST": docker_host, "HOSTNAME": "pytest-api"}
+    argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "api:app"]
+    process = spawn("api", argv, {**env, "GUNICORN_THREADS": "32"}, logdir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", 60, process.popen)
+        yield url
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def main_logs(logdir: Path) -> Callable[[], str]:
+    """Everything the main worker and API have logged so far."""
+    return lambda: "".join(p.read_text(errors="replace") for p in logdir.glob("*.log"))
+
+
+@pytest.fixture(scope="session")
+def base_settings(docker_host: str) -> Settings:
+    return Settings.from_env({"DOCKER_HOST": docker_host, "HOSTNAME": "pytest-inproc"})
+
+
+AppFactory = Callable[..., str]
+
+
+@pytest.fixture
+def serve_app() -> Iterator[AppFactory]:
+    """serve_app(settings) -> base URL of create_app(settings), on a real socket in-process."""
+    servers: list[tuple[Any, threading.Thread, Flask]] = []
+
+    def serve(settings: Settings, **overrides: Any) -> str:
+        app = create_app(replace(settings, **overrides))
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        servers.append((server, thread, app))
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield serve
+    for server, thread, app in servers:
+        server.shutdown()
+        thread.join(5)
+        app.extensions["executor"].store.close()
+
+
+def post(url: str, body: Any, timeout: float = 120) -> requests.Response:
+    return requests.post(url, json=body, timeout=timeout)

@@ -1,0 +1,71 @@
+"""Queue producers that know nothing of this project but the task's name."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from celery import Celery
+
+pytestmark = [pytest.mark.service, pytest.mark.docker]
+
+
+@pytest.fixture
+def producer(main_redis: str, api: str) -> Iterator[Celery]:
+    app = Celery(broker=main_redis, backend=main_redis)  # nothing of this project
+    yield app
+    app.close()
+
+
+def test_send_task_by_name(producer: Celery, api: str):
+    result = producer.send_task("executor.execute", args=[{"code": "print(6*7)"}], queue="executor")
+    body = result.get(timeout=60)
+    assert body["status"] == "success" and body["stdout"] == "42\n"
+    assert body["id"] == result.id and body["worker"] == "pytest-worker"
+    assert body["queued_ms"] >= 0 and body["created_at"]
+    record = requests.get(f"{api}/executions/{result.id}", timeout=10)
+    assert record.status_code == 200 and record.json() == body
+    recent = requests.get(f"{api}/status", timeout=10).json()["recent"]
+    assert result.id in [entry["id"] for entry in recent]
+
+
+def test_the_programs_failure_is_a_successful_task(producer: Celery):
+    result = producer.send_task(
+        "executor.execute", args=[{"code": "raise SystemExit(4)"}], queue="executor"
+    )
+    body = result.get(timeout=60)
+    assert result.state == "SUCCESS"
+    assert body["status"] == "error" and body["exit_code"] == 4
+
+
+@pytest.mark.parametrize(
+    ("payload", "named"),
+    [
+        ({"code": "", "timeout": "soon", "memory_mb": 9999}, ("code", "timeout", "memory_mb")),
+        ("print(1)", ("JSON object",)),
+    ],
+)
+def test_a_bad_payload_fails_the_task_once_with_a_clear_message(
+    producer: Celery, api: str, logdir: Path, payload: object, named: tuple[str, ...]
+):
+    result = producer.send_task("executor.execute", args=[payload], queue="executor")
+    with pytest.raises(Exception) as failed:
+        result.get(timeout=30)
+    assert type(failed.value).__name__ == "InvalidRequest"
+    for name in named:
+        assert name in str(failed.value)
+    assert result.state == "FAILURE"
+
+    record = requests.get(f"{api}/executions/{result.id}", timeout=10).json()
+    assert record["status"] == "internal_error" and record["code"] == "invalid_request"
+    if isinstance(payload, dict):
+        assert set(record["errors"]) == set(named)
+
+    time.sleep(1.5)  # a retry would have been received by now
+    log: Callable[[], str] = (logdir / "worker-pytest-worker.log").read_text
+    received = re.findall(rf"executor\.execute\[{result.id}\] received", log())
+    assert len(received) == 1

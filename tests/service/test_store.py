@@ -1,0 +1,146 @@
+"""Execution records in a real Redis: the life of a record, history, counters, lost workers."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from executor.errors import NoWorkers, QueueFull, RedisUnavailable
+from executor.store import HEARTBEAT_TTL_S, Store
+from tests.service.conftest import dead_port, flushed
+
+pytestmark = [pytest.mark.service]
+
+DB = 10
+
+
+@pytest.fixture
+def store() -> Iterator[Store]:
+    store = Store(flushed(DB), ttl_s=120, history_size=3)
+    yield store
+    store.close()
+
+
+def alive(store: Store, incarnation: str = "w:1:a") -> str:
+    store.beat(incarnation, {"name": "celery@w", "instance": "w"}, {})
+    return incarnation
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def test_a_record_goes_queued_running_finished(store: Store):
+    inc = alive(store)
+    execution_id = new_id()
+    assert store.submit(execution_id, "python", max_queue=10) == 0
+    record = store.get(execution_id)
+    assert record and (record.status, record.language, record.payload) == ("queued", "python", None)
+    assert 0 < store.redis.ttl(f"executor:execution:{execution_id}") <= 120
+
+    claim = store.claim(execution_id, "python", inc, "w")
+    assert claim.claimed and claim.created <= claim.started
+    assert store.get(execution_id).status == "running"  # type: ignore[union-attr]
+
+    payload = {"id": execution_id, "status": "success", "duration_ms": 30}
+    assert store.finish(execution_id, inc, payload)
+    assert store.get(execution_id).payload == payload  # type: ignore[union-attr]
+    assert store.wait(execution_id, 1) == payload  # the waiter's notification
+    assert not store.finish(execution_id, inc, payload)  # once only
+    counters = store.snapshot()["counters"]
+    assert counters["executions_success"] == 1 and counters["submitted"] == 1
+    assert counters["duration_ms_total"] == 30
+
+
+def test_a_record_is_created_for_a_producer_that_bypassed_http(store: Store):
+    inc = alive(store)
+    execution_id = new_id()
+    claim = store.claim(execution_id, "python", inc, "w")
+    assert claim.claimed and claim.created_at
+    assert store.snapshot()["recent"][0]["id"] == execution_id
+
+
+def test_a_second_delivery_is_not_claimed(store: Store):
+    inc = alive(store)
+    execution_id = new_id()
+    store.claim(execution_id, "python", inc, "w")
+    again = store.claim(execution_id, "python", "w:2:b", "w")
+    assert not again.claimed and again.status == "running" and again.incarnation == inc
+    store.finish(execution_id, inc, {"id": execution_id, "status": "error"})
+    late = store.claim(execution_id, "python", "w:2:b", "w")
+    assert not late.claimed and late.payload == {"id": execution_id, "status": "error"}
+
+
+def test_only_the_claiming_incarnation_finishes(store: Store):
+    inc = alive(store)
+    execution_id = new_id()
+    store.claim(execution_id, "python", inc, "w")
+    assert not store.finish(
+        execution_id, "someone:else:x", {"id": execution_id, "status": "success"}
+    )
+    assert store.get(execution_id).status == "running"  # type: ignore[union-attr]
+
+
+def test_history_is_capped_newest_first(store: Store):
+    alive(store)
+    ids = [new_id() for _ in range(5)]
+    for execution_id in ids:
+        store.submit(execution_id, "python", max_queue=10)
+    recent = store.snapshot()["recent"]
+    assert [entry["id"] for entry in recent] == ids[::-1][:3]
+    assert set(recent[0]) == {"id", "status", "language", "duration_ms", "created_at", "worker"}
+
+
+def test_unknown_ids_are_none(store: Store):
+    assert store.get(new_id()) is None
+
+
+def test_admission(store: Store):
+    with pytest.raises(NoWorkers):
+        store.submit(new_id(), "python", max_queue=10)
+    alive(store)
+    store.redis.rpush("executor", "m1", "m2")
+    store.redis.rpush("executor\x06\x169", "m3")  # kombu's list for priority 9
+    assert store.queue_depth() == 3
+    with pytest.raises(QueueFull):
+        store.submit(new_id(), "python", max_queue=3)
+    assert store.snapshot()["recent"] == []  # nothing recorded when refused
+
+
+def test_a_worker_that_stops_beating_loses_its_executions(store: Store):
+    store.beat("dead:1:a", {"name": "celery@dead"}, {})
+    live = alive(store, "live:1:b")
+    lost_id, kept_id = new_id(), new_id()
+    store.claim(lost_id, "python", "dead:1:a", "dead")
+    store.claim(kept_id, "python", live, "live")
+    assert store.sweep_lost() == []
+    store.redis.delete("executor:worker:dead:1:a")  # what HEARTBEAT_TTL_S of silence does
+    assert store.sweep_lost() == [lost_id]
+    record = store.get(lost_id)
+    assert record and record.status == "internal_error"
+    assert record.payload and record.payload["code"] == "execution_lost"
+    assert "dead" in record.payload["message"]
+    assert store.wait(lost_id, 1) == record.payload  # a waiting POST /execute wakes up
+    assert store.get(kept_id).status == "running"  # type: ignore[union-attr]
+    assert store.snapshot()["counters"]["executions_internal_error"] == 1
+
+
+def test_heartbeats_expire(store: Store):
+    alive(store)
+    assert [w["instance"] for w in store.live_workers()] == ["w"]
+    assert 0 < store.redis.ttl("executor:worker:w:1:a") <= HEARTBEAT_TTL_S
+    store.forget_worker("w:1:a")
+    assert store.live_workers() == []
+
+
+def test_redis_down_fails_fast_naming_the_address():
+    port = dead_port()
+    store = Store(f"redis://user:hunter2@127.0.0.1:{port}/0", ttl_s=60, history_size=3)
+    started = time.monotonic()
+    with pytest.raises(RedisUnavailable) as failed:
+        store.get(new_id())
+    assert time.monotonic() - started < 3
+    assert f"127.0.0.1:{port}" in failed.value.message and "hunter2" not in failed.value.message

@@ -1,0 +1,191 @@
+"""One check for every request, HTTP or queued: what passes, and how each failure is named."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from executor.config import Settings
+from executor.errors import InvalidRequest
+from executor.models import File, Limits
+from executor.validation import MAX_ARGS, Bounds, parse_request
+
+SETTINGS = Settings.from_env({"HOSTNAME": "unit"})
+BOUNDS = Bounds.from_settings(SETTINGS)
+
+
+def errors_of(payload: Any, bounds: Bounds = BOUNDS) -> dict[str, Any]:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_request(payload, bounds)
+    assert caught.value.status == 422
+    assert caught.value.errors
+    return caught.value.errors
+
+
+def test_defaults_fill_a_minimal_request():
+    request = parse_request({"code": "print(1)"}, BOUNDS)
+    assert request.code == "print(1)"
+    assert request.language == "python"
+    assert (request.stdin, request.args, request.files) == ("", (), ())
+    assert request.limits == Limits(
+        timeout=SETTINGS.default_timeout,
+        memory_mb=SETTINGS.default_memory_mb,
+        cpus=SETTINGS.default_cpus,
+        pids=SETTINGS.pids_limit,
+        tmpfs_mb=SETTINGS.tmpfs_mb,
+    )
+
+
+def test_every_field_is_read():
+    request = parse_request(
+        {
+            "code": "x",
+            "language": "python",
+            "stdin": "in",
+            "args": ["a b", "--x"],
+            "files": [{"path": "pkg/helper.py", "content": "X = 1"}],
+            "timeout": 2,
+            "memory_mb": 64,
+            "cpus": 0.25,
+        },
+        BOUNDS,
+    )
+    assert request.args == ("a b", "--x")
+    assert request.files == (File("pkg/helper.py", "X = 1"),)
+    assert (request.limits.timeout, request.limits.memory_mb, request.limits.cpus) == (
+        2.0,
+        64,
+        0.25,
+    )
+    assert isinstance(request.limits.timeout, float)
+
+
+def test_bounds_follow_the_settings():
+    settings = Settings.from_env({"EXECUTOR_MAX_TIMEOUT": "5", "EXECUTOR_DEFAULT_TIMEOUT": "1"})
+    bounds = Bounds.from_settings(settings)
+    assert parse_request({"code": "x", "timeout": 5}, bounds).limits.timeout == 5
+    assert "timeout" in errors_of({"code": "x", "timeout": 5.01}, bounds)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({}, "code"),
+        ({"code": ""}, "code"),
+        ({"code": 3}, "code"),
+        ({"code": None}, "code"),
+        ({"code": "é" * (BOUNDS.max_code_bytes // 2 + 1)}, "code"),  # bytes, not characters
+        ({"code": "\ud800"}, "code"),  # a lone surrogate has no UTF-8
+        ({"code": "x", "language": "cobol"}, "language"),
+        ({"code": "x", "language": 1}, "language"),
+        ({"code": "x", "stdin": "x" * (BOUNDS.max_stdin_bytes + 1)}, "stdin"),
+        ({"code": "x", "stdin": 5}, "stdin"),
+        ({"code": "x", "args": "a b"}, "args"),
+        ({"code": "x", "args": ["a"] * (MAX_ARGS + 1)}, "args"),
+        ({"code": "x", "args": [1]}, "args"),
+        ({"code": "x", "args": ["a\x00b"]}, "args"),
+        ({"code": "x", "timeout": 0}, "timeout"),
+        ({"code": "x", "timeout": -1}, "timeout"),
+        ({"code": "x", "timeout": SETTINGS.max_timeout + 1}, "timeout"),
+        ({"code": "x", "timeout": True}, "timeout"),
+        ({"code": "x", "timeout": "5"}, "timeout"),
+        ({"code": "x", "timeout": float("nan")}, "timeout"),
+        ({"code": "x", "memory_mb": 15}, "memory_mb"),
+        ({"code": "x", "memory_mb": SETTINGS.max_memory_mb + 1}, "memory_mb"),
+        ({"code": "x", "memory_mb": 64.5}, "memory_mb"),
+        ({"code": "x", "memory_mb": False}, "memory_mb"),
+        ({"code": "x", "cpus": 0.01}, "cpus"),
+        ({"code": "x", "cpus": SETTINGS.max_cpus + 0.1}, "cpus"),
+        ({"code": "x", "cpus": "half"}, "cpus"),
+        ({"code": "x", "timout": 3}, "timout"),
+    ],
+)
+def test_each_bad_field_is_named(payload: dict[str, Any], field: str):
+    assert field in errors_of(payload)
+
+
+def test_every_bad_field_is_named_at_once():
+    errors = errors_of({"code": "", "timeout": 0, "memory_mb": 1, "cpus": 9, "extra": 1})
+    assert set(errors) == {"code", "timeout", "memory_mb", "cpus", "extra"}
+    assert all(isinstance(messages, list) and messages for messages in errors.values())
+
+
+def test_integral_floats_are_integers():
+    assert parse_request({"code": "x", "memory_mb": 64.0}, BOUNDS).limits.memory_mb == 64
+
+
+@pytest.mark.parametrize("payload", [None, [], "print(1)", 42])
+def test_the_body_must_be_an_object(payload: Any):
+    assert errors_of(payload) == {"_schema": ["Invalid input type: expected a JSON object."]}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../escape.py",
+        "a/../../b",
+        "/etc/passwd",
+        "a//b",
+        "./a",
+        "a/./b",
+        "dir/",
+        "",
+        "main.py",  # the program's own file
+        "bad\nname",
+        "back\\slash",
+        "x" * 256,
+    ],
+)
+def test_unsafe_or_reserved_paths_are_refused(path: str):
+    errors = errors_of({"code": "x", "files": [{"path": path, "content": ""}]})
+    assert "path" in errors["files"]["0"]
+
+
+def test_file_items_are_checked_one_by_one():
+    errors = errors_of(
+        {
+            "code": "x",
+            "files": [
+                {"path": "ok.py", "content": ""},
+                {"path": "ok.py", "content": ""},
+                {"content": 1},
+                "not an object",
+                {"path": "ok.py/inner", "content": "", "mode": 7},
+            ],
+        }
+    )
+    files = errors["files"]
+    assert "0" not in files
+    assert files["1"] == {"path": ["Duplicate path."]}
+    assert set(files["2"]) == {"path", "content"}
+    assert "_schema" in files["3"]
+    assert set(files["4"]) == {"path", "mode"}
+
+
+def test_files_are_bounded_in_total():
+    bounds = replace(BOUNDS, max_files_bytes=10)
+    errors = errors_of(
+        {
+            "code": "x",
+            "files": [{"path": "a", "content": "123456"}, {"path": "b", "content": "12345"}],
+        },
+        bounds,
+    )
+    assert "files" in errors
+    many = [{"path": f"f{i}", "content": ""} for i in range(BOUNDS.max_files + 1)]
+    assert "files" in errors_of({"code": "x", "files": many})
+
+
+def test_the_body_limit_covers_the_largest_valid_request():
+    import json
+
+    largest = {
+        "code": "\U0001f600" * (BOUNDS.max_code_bytes // 4),
+        "stdin": "\x01" * (BOUNDS.max_stdin_bytes // 6 * 2),
+        "files": [{"path": "f", "content": "x" * BOUNDS.max_files_bytes}],
+        "args": ["a" * BOUNDS.max_arg_bytes] * BOUNDS.max_args,
+    }
+    parse_request(largest, BOUNDS)
+    assert len(json.dumps(largest).encode()) <= BOUNDS.max_body_bytes
