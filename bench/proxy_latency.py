@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import os
 import socket
 import statistics
@@ -34,7 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from executor.config import Settings  # noqa: E402
+from executor.languages import languages  # noqa: E402
+from executor.models import RunRequest  # noqa: E402
 from executor.policy import Rules, sandbox_config  # noqa: E402
+from executor.sandbox import default_limits, encode_request  # noqa: E402
 
 ENGINE = "unix:///var/run/docker.sock"
 API = "1.41"
@@ -92,23 +94,10 @@ class Target:
 
 
 def runner_request(code: str) -> bytes:
-    """The runner's request (format: executor/runner.py's docstring)."""
-    payload = json.dumps(
-        {
-            "code": code,
-            "source_file": "main.py",
-            "stdin": "",
-            "args": [],
-            "files": [],
-            "run": ["python3", "main.py"],
-            "compile": None,
-            "inline": True,
-            "timeout": 10,
-            "compile_timeout": 10,
-            "max_output": 65536,
-        }
-    ).encode()
-    return b"%d\n" % len(payload) + payload
+    """One request for the sandbox's runner, encoded as the worker encodes it."""
+    settings = Settings()
+    request = RunRequest(code=code, limits=default_limits(settings))
+    return encode_request(request, languages(settings)["python"], 65536)
 
 
 def has_result(stream: bytes) -> bool:

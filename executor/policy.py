@@ -25,7 +25,7 @@ SANDBOX_LABEL_FILTER = f"{LABEL_SANDBOX}=1"
 SANDBOX_UID = 10001
 SANDBOX_USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
 WORKDIR = "/tmp"
-RUNNER = ("python3", "/opt/executor/runner.py")
+RUNNER = ("python3", "/opt/executor/runner.pyc")
 ENV = ("LANG=C.UTF-8", "HOME=/tmp", "PYTHONDONTWRITEBYTECODE=1")
 SHM_BYTES = 64 * MIB
 OOM_SCORE_ADJ = 500  # the host's OOM killer prefers a sandbox over anything else

@@ -4,11 +4,10 @@ It starts before any code exists (a warm pool starts containers in advance), rea
 from its stdin, runs the program once and reports over its stdout, then exits, which ends the
 container and every process left in it.
 
-Request (worker -> runner, over the attached stdin):
-    b"<decimal length>\\n" + JSON object of that length:
-    {"code", "source_file", "stdin", "args", "files": [{"path", "content"}],
-     "run": argv | null, "compile": argv | null, "inline": bool,
-     "timeout": seconds, "compile_timeout": seconds, "max_output": bytes}
+Request (worker -> runner, over the attached stdin): b"<decimal length>\\n" and a body of that
+length made of fields b"<name> <length>\\n<value>". Names: code, source, stdin, inline (0/1),
+timeout, compile_timeout, max_output (decimal), and the repeatable arg, run, compile (argv
+items) and path/content (one pair per extra file). Values are raw UTF-8: nothing is escaped.
 
 Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian length + data.
     b"r"         empty; sent once the runner has started and waits for its request
@@ -24,13 +23,15 @@ the runner kills the program and exits at once. The worker does not trust any of
 caps what it reads and enforces the deadline itself.
 """
 
-import json
+import _signal
 import os
-import selectors
-import signal
+import select
 import struct
 import sys
 import time
+
+# Imports are few and cheap on purpose (no json, re, enum, selectors): every container pays for
+# them at start, and on two cores that start-up CPU is the service's throughput.
 
 WORKDIR = "/tmp"
 CHUNK = 65536
@@ -78,7 +79,45 @@ def _read_request(fd):
         line += byte
         if len(line) > 20:
             raise ValueError("bad request header")
-    return json.loads(_read_exact(fd, int(line)))
+    return _parse_fields(_read_exact(fd, int(line)))
+
+
+def _parse_fields(body):
+    fields = {}
+    at = 0
+    while at < len(body):
+        eol = body.index(b"\n", at)
+        name, _, size = body[at:eol].partition(b" ")
+        end = eol + 1 + int(size)
+        fields.setdefault(name.decode("ascii"), []).append(body[eol + 1 : end])
+        at = end
+    return fields
+
+
+_SIGNALS = dict(
+    enumerate(
+        "HUP INT QUIT ILL TRAP ABRT BUS FPE KILL USR1 SEGV USR2 PIPE ALRM TERM STKFLT CHLD CONT"
+        " STOP TSTP TTIN TTOU URG XCPU XFSZ VTALRM PROF WINCH IO PWR SYS".split(),
+        start=1,
+    )
+)
+
+
+def _signal_name(number):
+    return "SIG" + _SIGNALS.get(number, str(number))
+
+
+def _json(value):
+    """JSON of the result: dicts, ints, bools, None and plain ASCII names only."""
+    if value is None:
+        return "null"
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"%s"' % value
+    return "{%s}" % ", ".join('"%s": %s' % (k, _json(v)) for k, v in value.items())
 
 
 def _send(kind, data):
@@ -110,14 +149,13 @@ def _safe_path(path):
     return os.path.join(WORKDIR, norm)
 
 
-def _write_file(path, text):
+def _write_file(path, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
+    with open(path, "wb") as f:
+        f.write(data)
 
 
-def _stdin_fd(text):
-    data = text.encode("utf-8")
+def _stdin_fd(data):
     try:
         fd = os.open(WORKDIR, os.O_TMPFILE | os.O_RDWR, 0o600)
     except (OSError, AttributeError):
@@ -157,17 +195,16 @@ def _child_setup(stdin_fd, out_w, err_w):
     except OSError:
         pass
     os.chdir(WORKDIR)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as a fresh interpreter sets it
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)  # as a fresh interpreter sets it
 
 
 def _child_inline(path, args):
     """Run the program in this forked interpreter as `python3 main.py args` would; never returns."""
     import builtins
-    import types
 
     sys.argv = [os.path.basename(path), *args]
     sys.path[0] = os.path.dirname(path)
-    main = types.ModuleType("__main__")
+    main = type(sys)("__main__")
     main.__file__ = path
     main.__cached__ = None
     main.__builtins__ = builtins
@@ -187,7 +224,7 @@ def _child_inline(path, args):
         sys.excepthook(type(e), e.with_traceback(tb), tb)
         status = 1
         if isinstance(e, KeyboardInterrupt):
-            status = -signal.SIGINT
+            status = -_signal.SIGINT
     _finalize(main, status)
 
 
@@ -223,7 +260,7 @@ def _finalize(main, status):
         except Exception:
             status = 120
     if status < 0:
-        signal.signal(-status, signal.SIG_DFL)
+        _signal.signal(-status, _signal.SIG_DFL)
         os.kill(os.getpid(), -status)
     os._exit(status & 0xFF)
 
@@ -248,7 +285,7 @@ def _spawn(argv, stdin_fd, inline_path):
 
 def _wait_status(status):
     if os.WIFSIGNALED(status):
-        return None, signal.Signals(os.WTERMSIG(status)).name
+        return None, _signal_name(os.WTERMSIG(status))
     return os.WEXITSTATUS(status), None
 
 
@@ -258,14 +295,14 @@ class WorkerGone(Exception):
 
 def _supervise(pid, pipes, deadline):
     """Pump output until the program ends or the deadline passes; return (status, timed_out)."""
-    sel = selectors.DefaultSelector()
-    sel.register(0, selectors.EVENT_READ, "worker")
-    for fd, stream in pipes.items():
+    poller = select.poll()
+    poller.register(0, select.POLLIN)  # the worker's connection: readable means it is gone
+    for fd in pipes:
         os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ, stream)
+        poller.register(fd, select.POLLIN)
     try:
         pidfd = os.pidfd_open(pid)
-        sel.register(pidfd, selectors.EVENT_READ, None)
+        poller.register(pidfd, select.POLLIN)
     except (OSError, AttributeError):
         pidfd = None
     status = None
@@ -282,28 +319,27 @@ def _supervise(pid, pipes, deadline):
         wait = max(0.0, (deadline if status is None else drain_until) - now)
         if pidfd is None and status is None:
             wait = min(wait, 0.01)
-        for key, _ in sel.select(wait):
-            if key.data is None:
-                sel.unregister(key.fd)
-                continue
-            if key.data == "worker":
+        for fd, _ in poller.poll(wait * 1000):
+            if fd == 0:
                 _kill_group(pid)
                 raise WorkerGone
+            if fd == pidfd:
+                poller.unregister(fd)
+                continue
             try:
-                data = os.read(key.fd, CHUNK)
+                data = os.read(fd, CHUNK)
             except BlockingIOError:
                 continue
             if data:
-                key.data.feed(data)
+                pipes[fd].feed(data)
             else:
-                sel.unregister(key.fd)
+                poller.unregister(fd)
                 open_pipes -= 1
         if status is None:
             done, raw = os.waitpid(pid, os.WNOHANG)
             if done:
                 status = raw
                 drain_until = time.monotonic() + DRAIN_AFTER_EXIT
-    sel.close()
     if pidfd is not None:
         os.close(pidfd)
     if timed_out:
@@ -315,7 +351,7 @@ def _supervise(pid, pipes, deadline):
 def _kill_group(pid):
     for kill in (os.killpg, os.kill):
         try:
-            kill(pid, signal.SIGKILL)
+            kill(pid, _signal.SIGKILL)
         except OSError:
             pass
 
@@ -347,36 +383,35 @@ def main():
     _send(b"r", b"")
     request = _read_request(0)
     received = time.monotonic()
-    source = _safe_path(request["source_file"])
-    for item in request.get("files") or ():
-        _write_file(_safe_path(item["path"]), item["content"])
-    _write_file(source, request["code"])
-    limit = int(request["max_output"])
+
+    def number(name, default=None):
+        values = request.get(name)
+        return float(values[0]) if values else default
+
+    def argv(name):
+        return [item.decode("utf-8") for item in request.get(name, ())]
+
+    source = _safe_path(request["source"][0].decode("utf-8"))
+    for path, content in zip(request.get("path", ()), request.get("content", ()), strict=True):
+        _write_file(_safe_path(path.decode("utf-8")), content)
+    _write_file(source, request["code"][0])
+    limit = int(number("max_output"))
     result = {"compile": None}
     if request.get("compile"):
         with open(os.devnull, "rb") as devnull:
-            step = _run_step(
-                request["compile"],
-                devnull.fileno(),
-                None,
-                request["compile_timeout"],
-                (b"o", b"e"),
-                limit,
-            )
+            timeout = number("compile_timeout", 30.0)
+            step = _run_step(argv("compile"), devnull.fileno(), None, timeout, (b"o", b"e"), limit)
         result["compile"] = step
         if step["exit_code"] != 0:
-            _send(b"R", json.dumps(result).encode())
+            _send(b"R", _json(result).encode())
             return
-    budget = max(0.0, request["timeout"] - (time.monotonic() - received))
-    stdin_fd = _stdin_fd(request.get("stdin") or "")
-    inline = source if request.get("inline") else None
-    argv = (
-        list(request.get("args") or ())
-        if inline
-        else [*request["run"], *(request.get("args") or ())]
-    )
-    result.update(_run_step(argv, stdin_fd, inline, budget, (b"O", b"E"), limit))
-    _send(b"R", json.dumps(result).encode())
+    budget = max(0.0, number("timeout") - (time.monotonic() - received))
+    stdin_fd = _stdin_fd(request.get("stdin", [b""])[0])
+    inline = source if request.get("inline", [b"0"])[0] == b"1" else None
+    args = argv("arg")
+    command = args if inline else [*argv("run"), *args]
+    result.update(_run_step(command, stdin_fd, inline, budget, (b"O", b"E"), limit))
+    _send(b"R", _json(result).encode())
 
 
 if __name__ == "__main__":

@@ -58,6 +58,7 @@ class Container:
     profile: str
     image_id: str
     created: float = field(default_factory=time.monotonic)
+    reported: bool = False  # the runner sent its result, so it exits and AutoRemove follows
 
     def alive(self) -> bool:
         """True while the runner still waits: nothing to read, connection open."""
@@ -157,6 +158,30 @@ def decode_capped(data: bytes, cap: int) -> str:
     return text
 
 
+def encode_request(request: RunRequest, language: Language, max_output: int) -> bytes:
+    """The runner's request: b"<length>\\n" then fields b"<name> <length>\\n<raw value>"."""
+    fields: list[tuple[str, str | bytes]] = [
+        ("source", language.source_file),
+        ("code", request.code),
+        ("stdin", request.stdin),
+        ("inline", "1" if language.inline_python else "0"),
+        ("timeout", repr(float(request.limits.timeout))),
+        ("compile_timeout", repr(COMPILE_TIMEOUT_S)),
+        ("max_output", str(max_output)),
+    ]
+    fields += [("arg", arg) for arg in request.args]
+    fields += [("run", item) for item in language.run]
+    fields += [("compile", item) for item in language.compile or ()]
+    for extra in request.files:
+        fields += [("path", extra.path), ("content", extra.content)]
+    parts = []
+    for name, value in fields:
+        data = value.encode("utf-8") if isinstance(value, str) else value
+        parts += [b"%s %d\n" % (name.encode(), len(data)), data]
+    body = b"".join(parts)
+    return b"%d\n" % len(body) + body
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -233,11 +258,19 @@ class Sandbox:
         return not (reply.docker_buf or reply.frame_buf)
 
     def destroy(self, container: Container) -> None:
-        """Close the connection and remove the container (it may be gone already)."""
+        """Close the connection and remove the container (it may be gone already).
+
+        A runner that reported its result has exited or is exiting, and the engine removes
+        its container by itself (AutoRemove): asking again would only cost the engine work.
+        Anything else is force-removed; the reaper catches what even that misses.
+        """
         try:
             container.sock.close()
         finally:
-            self._remove(container.id)
+            if container.reported:
+                self.events("containers_removed", 1)
+            else:
+                self._remove(container.id)
 
     def _remove(self, container_id: str) -> None:
         try:
@@ -251,26 +284,11 @@ class Sandbox:
         """Run `request` in `container` (once). Outcomes of the program are data; faults raise."""
         language = container.language
         limits = request.limits
-        payload = json.dumps(
-            {
-                "code": request.code,
-                "source_file": language.source_file,
-                "stdin": request.stdin,
-                "args": list(request.args),
-                "files": [{"path": f.path, "content": f.content} for f in request.files],
-                "inline": language.inline_python,
-                "run": list(language.run),
-                "compile": list(language.compile) if language.compile else None,
-                "timeout": limits.timeout,
-                "compile_timeout": COMPILE_TIMEOUT_S,
-                "max_output": self.settings.max_output_bytes,
-            },
-            ensure_ascii=False,
-        ).encode("utf-8")
+        payload = encode_request(request, language, self.settings.max_output_bytes)
         reply = _Reply(self.settings.max_output_bytes)
         sock = container.sock
         sock.settimeout(self.settings.docker_timeout)
-        sock.sendall(b"%d\n" % len(payload) + payload)
+        sock.sendall(payload)
         started_at = utcnow()
         delivered = time.monotonic()
         budget = limits.timeout + (COMPILE_TIMEOUT_S if language.compile else 0.0)
@@ -294,6 +312,7 @@ class Sandbox:
                 break
             reply.feed(data)
         measured_ms = int((time.monotonic() - delivered) * 1000)
+        container.reported = reply.final is not None and not reply.broken
         if killed or reply.broken:
             self.engine.kill(container.id)
         return self._result(container, request, reply, killed, measured_ms, started_at)

@@ -32,8 +32,11 @@ from proxy_helpers import (
     sandbox_body,
 )
 
-from executor.config import MIB
+from executor.config import MIB, Settings
+from executor.languages import languages
+from executor.models import RunRequest
 from executor.policy import LABEL_EXECUTION, LABEL_SANDBOX, SANDBOX_LABEL_FILTER, Rules
+from executor.sandbox import default_limits, encode_request
 
 pytestmark = pytest.mark.docker
 
@@ -85,23 +88,10 @@ def demux(data: bytes) -> dict[int, bytes]:
 
 
 def runner_request(code: str) -> bytes:
-    """One request for the sandbox's runner (format: executor/runner.py's docstring)."""
-    payload = json.dumps(
-        {
-            "code": code,
-            "source_file": "main.py",
-            "stdin": "",
-            "args": [],
-            "files": [],
-            "run": ["python3", "main.py"],
-            "compile": None,
-            "inline": True,
-            "timeout": 10,
-            "compile_timeout": 10,
-            "max_output": 65536,
-        }
-    ).encode()
-    return b"%d\n" % len(payload) + payload
+    """One request for the sandbox's runner, encoded as the worker encodes it."""
+    settings = Settings()
+    request = RunRequest(code=code, limits=default_limits(settings))
+    return encode_request(request, languages(settings)["python"], 65536)
 
 
 def attach_request(container: str) -> bytes:

@@ -121,7 +121,7 @@ def test_only_loopback_interface_exists(run):
 
 
 @pytest.mark.parametrize(
-    "path", ["/etc/owned", "/owned", "/opt/executor/runner.py", "/usr/bin/python3"]
+    "path", ["/etc/owned", "/owned", "/opt/executor/runner.pyc", "/usr/bin/python3"]
 )
 def test_writes_outside_the_tmpfs_fail(run, path):
     r = run(f"open({path!r}, 'w').write('x')")

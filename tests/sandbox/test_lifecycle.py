@@ -56,7 +56,7 @@ def test_every_container_is_hardened(service, raw_docker):
     assert labels[LABEL_EXECUTION] == "11111111-1111-4111-8111-111111111111"
     assert labels[LABEL_WORKER] == service.sandbox.owner
     assert config["Cmd"] is None or config["Cmd"] == []
-    assert config["Entrypoint"] == ["python3", "/opt/executor/runner.py"]
+    assert config["Entrypoint"] == ["python3", "/opt/executor/runner.pyc"]
 
 
 def test_exception_in_our_own_code_still_removes_the_container(settings, raw_docker, monkeypatch):
