@@ -132,3 +132,25 @@ def test_reaper_removes_containers_of_a_dead_worker(settings, raw_docker):
         svc.stop()
         if cid in sandboxes(raw_docker):
             raw_docker.api.remove_container(cid, force=True)
+
+
+def test_a_changed_image_recycles_the_pool(settings, raw_docker):
+    svc = ExecutionService(replace(settings, pool_size=1))
+    svc.start()
+    try:
+        wait_warm(svc, 1)
+        first = set(sandboxes(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}))
+        # What the engine reports after `docker build` re-tags the image: a new id.
+        image = svc.languages["python"].image
+        svc.engine._images[image] = ("sha256:" + "0" * 64, time.monotonic() + 3600)
+        deadline = time.monotonic() + 20
+        now = first
+        while time.monotonic() < deadline:
+            now = set(sandboxes(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}))
+            if now and not now & first and svc.pool_stats()["warm"] == 1:
+                break
+            time.sleep(0.1)
+        assert now and not now & first, "containers of the old image were handed on"
+    finally:
+        svc.stop()
+    assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
