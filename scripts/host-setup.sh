@@ -93,8 +93,10 @@ setup_docker() {
 	command -v dockerd >/dev/null || die "dockerd is not installed; run: scripts/host-setup.sh packages"
 	[[ $DOCKER_HOST == "$DEFAULT_ENGINE" ]] ||
 		die "no Docker engine answers at $DOCKER_HOST (PROXY_UPSTREAM); only a local engine on $DEFAULT_ENGINE is started by this script"
-	local logf=$RUN_DIR/dockerd.log pidf=$RUN_DIR/dockerd.pid pid i
-	if pid=$(pgrep -x dockerd | head -n 1) && [[ -n $pid ]]; then
+	local logf=$RUN_DIR/dockerd.log pidf=$RUN_DIR/dockerd.pid pid i spawned=
+	# A dockerd that is exiting (or a zombie not yet reaped) does not count as running.
+	if pid=$(ps -e -o pid=,stat=,comm= | awk '$3 == "dockerd" && $2 !~ /^Z/ { print $1; exit }') &&
+		[[ -n $pid ]]; then
 		log "docker: dockerd (pid $pid) runs but does not answer yet; waiting up to ${DOCKER_START_TIMEOUT}s"
 	else
 		[[ $(id -u) == 0 ]] || die "no Docker engine answers at $DOCKER_HOST and starting dockerd needs root"
@@ -108,13 +110,20 @@ setup_docker() {
 		log "docker: starting dockerd (config $(rel "$config"), log $(rel "$logf"))"
 		spawn "$logf" "$pidf" dockerd --config-file "$config"
 		pid=$(<"$pidf")
+		spawned=1
 	fi
 	for ((i = 0; i < DOCKER_START_TIMEOUT * 2; i++)); do
 		if docker_ok; then
 			log "docker: engine answers (dockerd pid $pid)"
 			return
 		fi
-		if ! kill -0 "$pid" 2>/dev/null; then
+		if ! ps -o stat= -p "$pid" 2>/dev/null | grep -qv '^Z'; then
+			if [[ -z $spawned ]]; then
+				# Someone else's dockerd was shutting down (e.g. right after `make down`).
+				log "docker: dockerd (pid $pid) exited; starting one"
+				setup_docker
+				return
+			fi
 			rm -f "$pidf"
 			tail_log "$logf"
 			die "dockerd (pid $pid) exited before answering; see $(rel "$logf")"

@@ -70,6 +70,7 @@ wait_ok() {
 }
 
 start proxy env "PROXY_LISTEN=$PROXY_LISTEN" "PROXY_UPSTREAM=$PROXY_UPSTREAM" \
+	"PROXY_AUDIT_LOG=${PROXY_AUDIT_LOG:-$RUN_DIR/audit.jsonl}" \
 	"PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$VENV/bin/python" -m executor.proxy
 wait_ok proxy "$proxy_url/_ping" 30 proxy
 
