@@ -149,7 +149,7 @@ def safe_address(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def connect(url: str) -> redis.Redis[str]:
+def connect(url: str) -> redis.Redis:
     """A client with a thread-safe connection pool, that fails fast when Redis is down.
 
     One quick retry covers a pooled connection that a Redis restart closed; anything more would
@@ -198,6 +198,26 @@ class Claim:
     payload: dict[str, Any] | None = None
 
 
+# Error prefixes of a Redis that is up but unusable (protected mode, auth, replica, loading,
+# out of memory): the dependency is down for us, so the answer is 503, not a fault of ours.
+_REFUSALS = frozenset(
+    {"DENIED", "NOAUTH", "WRONGPASS", "NOPERM", "READONLY", "LOADING", "MASTERDOWN", "OOM", "BUSY"}
+)
+_REFUSAL_TYPES = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.NoPermissionError,
+    redis.exceptions.OutOfMemoryError,
+)
+
+
+def _refused(error: redis.ResponseError) -> bool:
+    if isinstance(error, _REFUSAL_TYPES):
+        return True
+    message = str(error).rpartition("caused error: ")[2]  # a pipeline names the command first
+    return message.split(" ", 1)[0] in _REFUSALS
+
+
 class Store:
     """Records, history, counters and worker heartbeats in one Redis. Thread-safe."""
 
@@ -219,6 +239,12 @@ class Store:
             raise RedisUnavailable(
                 f"Redis is unreachable at {self.address} ({what}): {type(e).__name__}: {e}"
             ) from None
+        except redis.ResponseError as e:
+            if _refused(e):  # Redis answers but will not serve us
+                raise RedisUnavailable(
+                    f"Redis at {self.address} refuses to {what}: {str(e)[:200]}"
+                ) from None
+            raise ExecutorError(f"Redis failed to {what}: {type(e).__name__}: {e}") from None
         except redis.RedisError as e:
             raise ExecutorError(f"Redis failed to {what}: {type(e).__name__}: {e}") from None
 
@@ -246,7 +272,14 @@ class Store:
             PREFIX + "workers",
             *_KOMBU_PRIORITY_KEYS,
         ]
-        args = [execution_id, language, repr(now), iso(now), self.ttl_s, self.history_size]
+        args: list[str | int | float] = [
+            execution_id,
+            language,
+            repr(now),
+            iso(now),
+            self.ttl_s,
+            self.history_size,
+        ]
         with self._translated("record a submission"):
             outcome, depth = self._submit(keys, [*args, max_queue, PREFIX + "worker:"])
         if outcome == "full":
@@ -293,10 +326,10 @@ class Store:
         result = fields.get("result")
         return Record(
             id=execution_id,
-            status=fields["status"],
-            language=fields.get("language", ""),
+            status=str(fields["status"]),
+            language=str(fields.get("language", "")),
             created=float(fields.get("created") or 0.0),
-            worker=fields.get("worker", ""),
+            worker=str(fields.get("worker", "")),
             payload=json.loads(result) if result else None,
         )
 
@@ -314,7 +347,14 @@ class Store:
             PREFIX + "counters",
             PREFIX + "running",
         ]
-        args = [execution_id, incarnation, worker, repr(now), iso(now), self.ttl_s]
+        args: list[str | int | float] = [
+            execution_id,
+            incarnation,
+            worker,
+            repr(now),
+            iso(now),
+            self.ttl_s,
+        ]
         with self._translated("claim an execution"):
             reply = self._claim(keys, [*args, self.history_size, language])
         if reply[0] == "claimed":
@@ -343,7 +383,7 @@ class Store:
             PREFIX + "counters",
             PREFIX + "done:" + execution_id,
         ]
-        args = [
+        args: list[str | int | float] = [
             execution_id,
             incarnation,
             status,
@@ -359,7 +399,11 @@ class Store:
     def sweep_lost(self) -> list[str]:
         """Finish as internal_error every running execution whose worker stopped beating."""
         keys = [PREFIX + "running", PREFIX + "counters"]
-        args = [PREFIX + "execution:", PREFIX + "worker:", PREFIX + "done:"]
+        args: list[str | int | float] = [
+            PREFIX + "execution:",
+            PREFIX + "worker:",
+            PREFIX + "done:",
+        ]
         with self._translated("look for lost executions"):
             return cast(list[str], self._sweep(keys, [*args, self.ttl_s, DONE_TTL_S, LOST_MESSAGE]))
 

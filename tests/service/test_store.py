@@ -144,3 +144,32 @@ def test_redis_down_fails_fast_naming_the_address():
         store.get(new_id())
     assert time.monotonic() - started < 3
     assert f"127.0.0.1:{port}" in failed.value.message and "hunter2" not in failed.value.message
+
+
+def test_a_redis_that_refuses_us_is_unavailable_not_a_fault_of_ours(tmp_path):
+    import subprocess
+
+    from tests.conftest import free_port
+
+    # A read-only replica answers, but refuses every write: a dependency down, not our bug.
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--save", "", "--dir", str(tmp_path)]
+    command += ["--replicaof", "127.0.0.1", str(dead_port())]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    store = Store(f"redis://127.0.0.1:{port}/0", ttl_s=60, history_size=3)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                store.ping()
+                break
+            except RedisUnavailable:
+                assert time.monotonic() < deadline, "redis-server never answered"
+                time.sleep(0.05)
+        with pytest.raises(RedisUnavailable, match="refuses") as caught:
+            alive(store)
+        assert caught.value.status == 503 and caught.value.retry_after
+    finally:
+        store.close()
+        server.terminate()
+        server.wait(10)
