@@ -84,6 +84,7 @@ class Settings:
     pool_size: int = 4  # EXECUTOR_POOL_SIZE (warm containers per worker, 0 disables)
     pool_max_idle_s: float = 300.0  # EXECUTOR_POOL_MAX_IDLE (seconds a warm container may wait)
     pool_refill_concurrency: int = 2  # EXECUTOR_POOL_REFILL_CONCURRENCY
+    max_starts: int = 4  # EXECUTOR_MAX_STARTS (containers being created+started at once)
     reap_interval_s: float = 30.0  # EXECUTOR_REAP_INTERVAL
 
     # Records and the HTTP wait.
@@ -134,6 +135,7 @@ class Settings:
             pool_refill_concurrency=_int(
                 env, "EXECUTOR_POOL_REFILL_CONCURRENCY", d.pool_refill_concurrency, 1
             ),
+            max_starts=_int(env, "EXECUTOR_MAX_STARTS", d.max_starts, 1),
             reap_interval_s=_float(env, "EXECUTOR_REAP_INTERVAL", d.reap_interval_s, 1.0),
             history_size=_int(env, "EXECUTOR_HISTORY_SIZE", d.history_size, 1),
             result_ttl_s=_int(env, "EXECUTOR_RESULT_TTL", d.result_ttl_s, 60),

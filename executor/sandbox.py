@@ -17,6 +17,7 @@ import select
 import signal
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -196,6 +197,9 @@ class Sandbox:
         self.settings = settings
         self.engine = engine
         self.events: Events = events or (lambda name, n: None)
+        # An engine on a small host creates containers fastest a few at a time: past that,
+        # parallel creates only slow each other down (and every execution waits longer).
+        self._starts = threading.BoundedSemaphore(settings.max_starts)
         instance = re.sub(r"[^A-Za-z0-9_.-]", "-", settings.instance)[:80] or "executor"
         self.owner = f"{instance}:{os.getpid()}:{secrets.token_hex(4)}"
 
@@ -217,22 +221,23 @@ class Sandbox:
             execution=execution,
             profile=profile,
         )
-        try:
-            container_id = self.engine.create(config)
-        except Exception:
-            self.events("containers_failed", 1)
-            raise
-        self.events("containers_created", 1)
-        try:
-            attached = self.engine.attach(container_id)
+        with self._starts:
             try:
-                self.engine.start(container_id)
-            except BaseException:
-                attached.sock.close()
+                container_id = self.engine.create(config)
+            except Exception:
+                self.events("containers_failed", 1)
                 raise
-        except BaseException:
-            self._remove(container_id)
-            raise
+            self.events("containers_created", 1)
+            try:
+                attached = self.engine.attach(container_id)
+                try:
+                    self.engine.start(container_id)
+                except BaseException:
+                    attached.sock.close()
+                    raise
+            except BaseException:
+                self._remove(container_id)
+                raise
         return Container(container_id, attached.sock, attached.pending, language, profile, image_id)
 
     def wait_ready(self, container: Container, timeout: float) -> bool:
