@@ -8,6 +8,7 @@ service under test goes through it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -71,37 +72,54 @@ def raw_docker() -> Iterator[docker.DockerClient]:
     client.close()
 
 
+@contextlib.contextmanager
+def proxy_process(upstream: str, audit: Path, **env: str) -> Iterator[str]:
+    """A Docker security proxy process in front of `upstream`, as `make up` starts it.
+
+    Yields its http://127.0.0.1:port once it listens (the upstream may be down on purpose).
+    """
+    port = free_port()
+    environ = {
+        **os.environ,
+        "PROXY_LISTEN": f"127.0.0.1:{port}",
+        "PROXY_UPSTREAM": upstream,
+        "PROXY_AUDIT_LOG": str(audit),
+        **env,
+    }
+    with open(audit.with_suffix(".log"), "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "executor.proxy"], env=environ, cwd=ROOT, stdout=log, stderr=log
+        )
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the proxy exited with {proc.returncode}")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the proxy did not listen on {port}") from None
+                    time.sleep(0.05)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 @pytest.fixture(scope="session")
 def proxy(
     tmp_path_factory: pytest.TempPathFactory, raw_docker: docker.DockerClient
 ) -> Iterator[dict[str, str]]:
     """The Docker security proxy, started as its own process: {"url", "docker_host", "audit"}."""
-    port = free_port()
     audit = tmp_path_factory.mktemp("proxy") / "audit.jsonl"
-    env = {
-        **os.environ,
-        "PROXY_LISTEN": f"127.0.0.1:{port}",
-        "PROXY_UPSTREAM": DOCKER_SOCKET,
-        "PROXY_AUDIT_LOG": str(audit),
-    }
-    log = open(audit.with_suffix(".log"), "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "executor.proxy"], env=env, cwd=ROOT, stdout=log, stderr=log
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v1.41/_ping", 30, proc)
-        yield {
-            "url": f"http://127.0.0.1:{port}",
-            "docker_host": f"tcp://127.0.0.1:{port}",
-            "audit": str(audit),
-        }
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with proxy_process(DOCKER_SOCKET, audit) as url:
+        wait_http(f"{url}/v1.41/_ping", 30)
+        yield {"url": url, "docker_host": url.replace("http://", "tcp://"), "audit": str(audit)}
 
 
 @pytest.fixture(scope="session")

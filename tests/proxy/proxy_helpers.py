@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,45 +154,3 @@ def daemon_state(raw_docker: docker.DockerClient) -> dict[str, Any]:
         "networks": {n["Id"] for n in raw_docker.api.networks()},
         "volumes": {v["Name"] for v in raw_docker.api.volumes().get("Volumes") or []},
     }
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"proxy exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"proxy did not listen on {port} within {timeout}s")
-
-
-@contextmanager
-def proxy_process(upstream: str, audit: Path, **env: str) -> Iterator[str]:
-    """One more proxy process in front of `upstream`; yields its http://host:port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    environ = {
-        **os.environ,
-        "PROXY_LISTEN": f"127.0.0.1:{port}",
-        "PROXY_UPSTREAM": upstream,
-        "PROXY_AUDIT_LOG": str(audit),
-        **env,
-    }
-    log = open(audit.with_suffix(".log"), "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "executor.proxy"], env=environ, cwd=ROOT, stdout=log, stderr=log
-    )
-    try:
-        wait_port(port, proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()

@@ -27,7 +27,6 @@ from proxy_helpers import (
     Wire,
     daemon_state,
     exchange,
-    proxy_process,
     request,
     sandbox_body,
 )
@@ -37,6 +36,7 @@ from executor.languages import languages
 from executor.models import RunRequest
 from executor.policy import LABEL_EXECUTION, LABEL_SANDBOX, SANDBOX_LABEL_FILTER, Rules
 from executor.sandbox import default_limits, encode_request
+from tests.conftest import proxy_process
 
 pytestmark = pytest.mark.docker
 
