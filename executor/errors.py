@@ -17,7 +17,9 @@ message alone (``cls(str(exc))``), so errors cross the Celery boundary intact.
     │   └── ImageUnavailable         503 image_unavailable     names the image
     ├── SandboxError                 502 sandbox_error    a container misbehaved or could
     │   │                                                 not be made; names the step
-    │   └── PolicyRefused            502 policy_refused   the Docker proxy refused a request
+    │   ├── PolicyRefused            502 policy_refused   the Docker proxy refused a request
+    │   └── ContainerLost            502 container_lost   a container ended before its program
+    │                                                     arrived (the service retries once)
     └── ExecutionLost                502 execution_lost   the worker vanished mid-run
 
 The program's own failures (non-zero exit, timeout, OOM) are never exceptions: they are data.
@@ -122,6 +124,12 @@ class PolicyRefused(SandboxError):
     """The Docker security proxy refused a request of ours."""
 
     code = "policy_refused"
+
+
+class ContainerLost(SandboxError):
+    """A sandbox container ended before it received its program; nothing of it ran."""
+
+    code = "container_lost"
 
 
 class ExecutionLost(ExecutorError):

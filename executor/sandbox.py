@@ -26,6 +26,7 @@ from typing import Any
 
 from executor.config import Settings
 from executor.engine import Engine
+from executor.errors import ContainerLost
 from executor.models import Language, Limits, RunRequest, RunResult, StepResult
 from executor.policy import sandbox_config
 
@@ -292,8 +293,13 @@ class Sandbox:
         payload = encode_request(request, language, self.settings.max_output_bytes)
         reply = _Reply(self.settings.max_output_bytes)
         sock = container.sock
-        sock.settimeout(self.settings.docker_timeout)
-        sock.sendall(payload)
+        try:
+            sock.settimeout(self.settings.docker_timeout)
+            sock.sendall(payload)
+        except OSError as e:
+            raise ContainerLost(
+                f"container {container.id[:12]} ended before its program arrived: {e}"
+            ) from None
         started_at = utcnow()
         delivered = time.monotonic()
         budget = limits.timeout + (COMPILE_TIMEOUT_S if language.compile else 0.0)

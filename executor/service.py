@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from executor.config import Settings
 from executor.engine import Engine
-from executor.errors import InvalidRequest
+from executor.errors import ContainerLost, InvalidRequest
 from executor.languages import languages
 from executor.models import RunRequest, RunResult
 from executor.pool import Profile, WarmPool
@@ -77,10 +77,20 @@ class ExecutionService:
                 errors={"language": [f"must be one of {sorted(self.languages)}"]},
             )
         limits = request.limits
-        container = self.pool.take(language, limits.memory_mb, limits.cpus)
-        warm = container is not None
-        if container is None:
-            container = self.sandbox.prepare(language, limits.memory_mb, limits.cpus, execution_id)
+        warm = self.pool.take(language, limits.memory_mb, limits.cpus)
+        if warm is not None:
+            try:
+                return self._execute(warm, request, execution_id, warm=True)
+            except ContainerLost as e:
+                # Nothing of the program ran: a fresh container may take it.
+                log.warning("execution %s: warm container lost (%s); going cold", execution_id, e)
+        cold = self.sandbox.prepare(language, limits.memory_mb, limits.cpus, execution_id)
+        return self._execute(cold, request, execution_id, warm=False)
+
+    def _execute(
+        self, container: Container, request: RunRequest, execution_id: str, warm: bool
+    ) -> RunResult:
+        """Run in `container`, then dispose of it whatever happened."""
         try:
             result = self.sandbox.execute(container, request)
         finally:

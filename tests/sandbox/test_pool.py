@@ -154,3 +154,15 @@ def test_a_changed_image_recycles_the_pool(settings, raw_docker):
     finally:
         svc.stop()
     assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
+
+
+def test_a_warm_container_lost_before_delivery_falls_back_to_a_fresh_one(
+    warm_service, raw_docker, monkeypatch
+):
+    wait_warm(warm_service, 2)
+    lost = warm_service.pool.take(warm_service.languages["python"], 512, 0.5)
+    assert lost is not None
+    lost.sock.close()  # whatever ended it, the program can no longer be delivered
+    monkeypatch.setattr(warm_service.pool, "take", lambda *args: lost)
+    r = run(warm_service, "print('delivered elsewhere')")
+    assert (r.status, r.stdout, r.warm) == ("success", "delivered elsewhere\n", False)
