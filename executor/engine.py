@@ -243,12 +243,6 @@ class Engine:
             found = self.api.containers(all=True, filters={"label": list(labels)})
         return list(found)
 
-    def memory_usage(self, container_id: str) -> int:
-        """Bytes of memory the container uses now (for the benchmark)."""
-        with self._translated("read stats of container", container_id[:12]):
-            stats = self.api.stats(container_id, stream=False)
-        return int(stats.get("memory_stats", {}).get("usage", 0))
-
 
 def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
     data = b""

@@ -23,10 +23,6 @@ log = logging.getLogger(__name__)
 STOPPED_GRACE_S = 60.0  # a stopped container this old was forgotten by its worker
 
 
-def owner_label(instance: str, pid: int, token: str) -> str:
-    return f"{instance}:{pid}:{token}"
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -153,3 +153,11 @@ def test_killing_the_runner_is_an_error_not_a_hang(run):
 def test_runner_memory_is_not_readable_by_the_program(run):
     code = "import os\ntry:\n    os.listdir(f'/proc/{os.getppid()}/fd')\n    print('exposed')\nexcept PermissionError:\n    print('protected')"
     assert run(code).stdout == "protected\n"
+
+
+def test_truncation_never_splits_a_character(run, service):
+    cap = service.settings.max_output_bytes
+    r = run("print('漢' * 40000)")  # 120 000 bytes of 3-byte characters
+    assert r.stdout_truncated
+    assert cap - 3 < len(r.stdout.encode()) <= cap
+    assert set(r.stdout) == {"漢"}
