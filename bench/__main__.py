@@ -264,6 +264,10 @@ def main() -> int:
             if naive_errors:
                 print(f"  (naive path errors at {level}: {naive_errors})")
 
+    # A naive run that failed half-way (docker-py's pool errs under load) leaves its container.
+    for leftover in raw.api.containers(all=True, filters={"label": BENCH_LABEL}):
+        raw.api.remove_container(leftover["Id"], force=True)
+
     floor, naive_p50, e2e_p50 = rows[0][1], rows[1][1], rows[4][1]
     top = max(levels)
     best_e2e = max(rate for rate, _ in e2e_rates.values())
