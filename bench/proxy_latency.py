@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from executor.config import Settings  # noqa: E402
+from executor.engine import Engine  # noqa: E402
 from executor.languages import languages  # noqa: E402
 from executor.models import RunRequest  # noqa: E402
 from executor.policy import Rules, sandbox_config  # noqa: E402
@@ -74,23 +75,13 @@ def start_proxy(port: int, audit: Path) -> subprocess.Popen[bytes]:
 
 
 class Target:
-    """One way to reach the engine: docker-py for the API calls, a raw socket for attach."""
+    """One way to reach the engine: docker-py for the API calls, the worker's Engine for attach."""
 
     def __init__(self, name: str, base_url: str) -> None:
         self.name = name
         self.base_url = base_url
         self.api: Any = docker.APIClient(base_url=base_url, version=API, timeout=60)
-
-    def connect(self) -> socket.socket:
-        if self.base_url.startswith("unix://"):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.connect(self.base_url.removeprefix("unix://"))
-        else:
-            host, port = self.base_url.removeprefix("tcp://").split(":")
-            sock = socket.create_connection((host, int(port)))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(30)
-        return sock
+        self.engine = Engine(Settings.from_env({"DOCKER_HOST": base_url}))
 
 
 def runner_request(code: str) -> bytes:
@@ -123,22 +114,9 @@ def one_round(target: Target, config: dict[str, Any]) -> dict[str, float]:
     marks = {"start": time.perf_counter()}
     container = target.api.create_container_from_config(config)["Id"]
     marks["create"] = time.perf_counter()
-    sock = target.connect()
+    attached = target.engine.attach(container)  # exactly the worker's attach
+    sock, output = attached.sock, attached.pending
     try:
-        sock.sendall(
-            f"POST /v{API}/containers/{container}/attach?stdin=1&stdout=1&stderr=1&stream=1 "
-            "HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
-            "Content-Length: 0\r\n\r\n".encode()
-        )
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise RuntimeError("attach closed before its answer")
-            data += chunk
-        head, output = data.split(b"\r\n\r\n", 1)
-        if b" 101 " not in head.split(b"\r\n", 1)[0]:
-            raise RuntimeError(f"attach refused: {head!r}")
         marks["attach"] = time.perf_counter()
         target.api.start(container)
         marks["started"] = time.perf_counter()
@@ -173,21 +151,7 @@ def api_round(target: Target, config: dict[str, Any]) -> float:
     """The same calls without running anything: create, attach, remove (milliseconds)."""
     started = time.perf_counter()
     container = target.api.create_container_from_config(config)["Id"]
-    sock = target.connect()
-    try:
-        sock.sendall(
-            f"POST /v{API}/containers/{container}/attach?stdin=1&stdout=1&stderr=1&stream=1 "
-            "HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
-            "Content-Length: 0\r\n\r\n".encode()
-        )
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        sock.close()
+    target.engine.attach(container).sock.close()
     target.api.remove_container(container, force=True)
     return (time.perf_counter() - started) * 1000
 
