@@ -261,7 +261,7 @@ class _Connection:
             or (response.status == 200 and response.framing is Framing.CLOSE)
         ):
             self.writer.write(response.head)
-            self._audit_allowed(request, decision, response.status, ms)
+            self._audit(request, decision, allowed=True, status=response.status, ms=ms)
             await self.writer.drain()
             up, self.up = self.up, None
             assert up is not None
@@ -277,17 +277,19 @@ class _Connection:
             if created is not None:
                 self.proxy.ownership.add(created)  # known before the client can use it
             self.writer.write(response.head + wire)
-            self._audit_allowed(request, decision, response.status, ms, created)
+            self._audit(
+                request, decision, allowed=True, status=response.status, ms=ms, container=created
+            )
             await self.writer.drain()
         elif response.framing is Framing.NONE or (
             response.framing is Framing.LENGTH and response.length <= CHUNK
         ):
             # A small whole answer goes out first; its audit line is written right after.
             await relay(up_reader, self.writer, response)
-            self._audit_allowed(request, decision, response.status, ms)
+            self._audit(request, decision, allowed=True, status=response.status, ms=ms)
         else:
             # A stream (wait, pull, a large answer): its line now, not when it ends.
-            self._audit_allowed(request, decision, response.status, ms)
+            self._audit(request, decision, allowed=True, status=response.status, ms=ms)
             await relay(up_reader, self.writer, response)
         if response.close:
             self._drop_upstream()
@@ -295,23 +297,28 @@ class _Connection:
 
     # -- answers of the proxy's own ----------------------------------------------------------
 
-    def _audit_allowed(
+    def _audit(
         self,
         request: Request,
         decision: Decision,
+        *,
+        allowed: bool,
         status: int,
-        ms: float,
+        reason: str = "",
+        ms: float | None = None,
         container: str | None = None,
     ) -> None:
+        """One audit line for a decision about `request`."""
         self.proxy.audit.record(
             client=self.client,
             method=request.method,
             path=request.path,
-            allowed=True,
+            allowed=allowed,
             rule=decision.rule,
             status=status,
             container=container or decision.container,
             image=decision.image,
+            reason=reason,
             ms=ms,
         )
 
@@ -324,17 +331,7 @@ class _Connection:
             f"executor-proxy refused {request.method} {request.path}: "
             f"{decision.rule}: {decision.reason}"
         )
-        self.proxy.audit.record(
-            client=self.client,
-            method=request.method,
-            path=request.path,
-            allowed=False,
-            rule=decision.rule,
-            status=status,
-            container=decision.container,
-            image=decision.image,
-            reason=decision.reason,
-        )
+        self._audit(request, decision, allowed=False, status=status, reason=decision.reason)
         self.writer.write(error_response(status, message, close=not keep))
         await self.writer.drain()
         return keep
@@ -342,15 +339,8 @@ class _Connection:
     async def _missing(self, request: Request, decision: Decision) -> bool:
         """An id that is nobody's because it does not exist: the engine's own 404."""
         reason = f"No such container: {decision.container}"
-        self.proxy.audit.record(
-            client=self.client,
-            method=request.method,
-            path=request.path,
-            allowed=False,
-            rule=decision.rule,
-            status=404,
-            container=decision.container,
-            reason="ownership: no such container",
+        self._audit(
+            request, decision, allowed=False, status=404, reason="ownership: no such container"
         )
         self.writer.write(error_response(404, reason, close=request.close))
         await self.writer.drain()
@@ -360,18 +350,8 @@ class _Connection:
         self, request: Request, decision: Decision, cause: str, started: float
     ) -> bool:
         message = f"Docker engine unreachable at {self.proxy.upstream.url}: {cause}"
-        self.proxy.audit.record(
-            client=self.client,
-            method=request.method,
-            path=request.path,
-            allowed=True,
-            rule=decision.rule,
-            status=502,
-            container=decision.container,
-            image=decision.image,
-            reason=message,
-            ms=(time.perf_counter() - started) * 1000,
-        )
+        ms = (time.perf_counter() - started) * 1000
+        self._audit(request, decision, allowed=True, status=502, reason=message, ms=ms)
         self.writer.write(error_response(502, message, close=True))
         await self.writer.drain()
         return False
