@@ -136,14 +136,15 @@ setup_docker() {
 }
 
 # The engine's configuration: ours, not /etc/docker/daemon.json. The default runtime stays
-# runc; gVisor is registered as the extra runtime "runsc", with its own networking disabled.
+# runc; gVisor is registered as the extra runtime "runsc", with its own networking disabled
+# and the container's seccomp profile enforced inside the sandbox (runsc ignores it otherwise).
 write_daemon_config() {
 	local runsc
 	if runsc=$(command -v runsc); then
 		cat <<EOF
 {
   "runtimes": {
-    "runsc": {"path": "$runsc", "runtimeArgs": ["--network=none"]}
+    "runsc": {"path": "$runsc", "runtimeArgs": ["--network=none", "--oci-seccomp"]}
   }
 }
 EOF
