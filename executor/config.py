@@ -49,6 +49,21 @@ def _str(env: Mapping[str, str], name: str, default: str) -> str:
     return default if raw is None or raw == "" else raw
 
 
+def _uid_range(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[int, int]:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    first, sep, last = raw.partition("-")
+    try:
+        lo, hi = int(first), int(last)
+    except ValueError:
+        raise SettingsError(f"{name} must be a range first-last of uids, got {raw!r}") from None
+    # Below 1000 live the host's system users; a range must hold a sandbox per execution slot.
+    if not sep or lo < 1000 or hi < lo + 15 or hi > 2**31 - 2:
+        raise SettingsError(f"{name} must be first-last with 1000 <= first, 16+ uids, got {raw!r}")
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class Settings:
     """The service's configuration. Field docs name the variable each comes from."""
@@ -78,6 +93,9 @@ class Settings:
     python_image: str = "executor-python:3.11"  # EXECUTOR_PYTHON_IMAGE
     docker_api_version: str = "1.41"  # EXECUTOR_DOCKER_API_VERSION
     docker_timeout: float = 30.0  # EXECUTOR_DOCKER_TIMEOUT (seconds per Docker API call)
+    # Host uids for sandboxes: each running sandbox gets its own, so per-user kernel limits
+    # (inotify, pipe buffers, message queues...) are never shared between executions.
+    sandbox_uids: tuple[int, int] = (200000, 265535)  # EXECUTOR_SANDBOX_UIDS ("first-last")
 
     # Worker.
     concurrency: int = 8  # EXECUTOR_CONCURRENCY (executions at once per worker)
@@ -98,6 +116,12 @@ class Settings:
     proxy_upstream: str = "unix:///var/run/docker.sock"  # PROXY_UPSTREAM
     proxy_audit_log: str = "-"  # PROXY_AUDIT_LOG (a file path, or - for stderr)
     proxy_allowed_runtimes: tuple[str, ...] = ("", "runc", "runsc")  # PROXY_ALLOWED_RUNTIMES
+    # The secret proxy and workers share: the proxy serves only clients that prove it.
+    proxy_token: str = ""  # EXECUTOR_PROXY_TOKEN
+    proxy_token_file: str = ""  # EXECUTOR_PROXY_TOKEN_FILE (read; the proxy creates it if absent)
+    proxy_head_timeout: float = 10.0  # PROXY_HEAD_TIMEOUT (seconds for a request head, once begun)
+    proxy_idle_timeout: float = 120.0  # PROXY_IDLE_TIMEOUT (seconds a connection may sit idle)
+    proxy_max_connections: int = 1024  # PROXY_MAX_CONNECTIONS (client connections at once)
 
     log_level: str = "INFO"  # EXECUTOR_LOG_LEVEL
 
@@ -129,6 +153,7 @@ class Settings:
             python_image=_str(env, "EXECUTOR_PYTHON_IMAGE", d.python_image),
             docker_api_version=_str(env, "EXECUTOR_DOCKER_API_VERSION", d.docker_api_version),
             docker_timeout=_float(env, "EXECUTOR_DOCKER_TIMEOUT", d.docker_timeout, 1.0),
+            sandbox_uids=_uid_range(env, "EXECUTOR_SANDBOX_UIDS", d.sandbox_uids),
             concurrency=_int(env, "EXECUTOR_CONCURRENCY", d.concurrency, 1),
             pool_size=_int(env, "EXECUTOR_POOL_SIZE", d.pool_size, 0),
             pool_max_idle_s=_float(env, "EXECUTOR_POOL_MAX_IDLE", d.pool_max_idle_s, 1.0),
@@ -145,6 +170,11 @@ class Settings:
             proxy_upstream=_str(env, "PROXY_UPSTREAM", d.proxy_upstream),
             proxy_audit_log=_str(env, "PROXY_AUDIT_LOG", d.proxy_audit_log),
             proxy_allowed_runtimes=tuple(r.strip() for r in runtimes.split(",")),
+            proxy_token=_str(env, "EXECUTOR_PROXY_TOKEN", d.proxy_token),
+            proxy_token_file=_str(env, "EXECUTOR_PROXY_TOKEN_FILE", d.proxy_token_file),
+            proxy_head_timeout=_float(env, "PROXY_HEAD_TIMEOUT", d.proxy_head_timeout, 0.1),
+            proxy_idle_timeout=_float(env, "PROXY_IDLE_TIMEOUT", d.proxy_idle_timeout, 0.1),
+            proxy_max_connections=_int(env, "PROXY_MAX_CONNECTIONS", d.proxy_max_connections, 1),
             log_level=_str(env, "EXECUTOR_LOG_LEVEL", d.log_level).upper(),
         )
         settings.validate()
@@ -163,5 +193,5 @@ class Settings:
 
     def public(self) -> dict[str, object]:
         """The settings without anything that could hold a credential (for /status)."""
-        hidden = {"redis_url", "docker_host", "proxy_upstream"}
+        hidden = {"redis_url", "docker_host", "proxy_upstream", "proxy_token"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}

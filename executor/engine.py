@@ -24,14 +24,16 @@ import docker.errors
 import requests
 import requests.adapters
 
-from executor.config import Settings
+from executor.config import Settings, SettingsError
 from executor.errors import (
     DockerUnavailable,
     ExecutorError,
     ImageUnavailable,
     PolicyRefused,
     SandboxError,
+    UidInUse,
 )
+from executor.proxyauth import HEADER, credential, load_secret, worker_identity
 
 IMAGE_RECHECK_S = 10.0  # how long an image's id is trusted before it is inspected again
 
@@ -45,9 +47,16 @@ class Attached:
 
 
 class Engine:
-    """A Docker engine reached at `settings.docker_host`. Connects lazily; thread-safe."""
+    """A Docker engine reached at `settings.docker_host`. Connects lazily; thread-safe.
+
+    Every request carries this worker's credential for the security proxy (see
+    executor.proxyauth); `identity` is also the worker label of every container it creates.
+    """
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.identity = worker_identity(settings.instance)
+        self._credential: str | None = None
         self.address = settings.docker_host
         self._version = settings.docker_api_version
         self._timeout = settings.docker_timeout
@@ -57,10 +66,21 @@ class Engine:
         self._images: dict[str, tuple[str, float]] = {}
         self._pulls: dict[str, threading.Lock] = {}
 
+    def _auth(self) -> str | None:
+        """The Authorization value for the proxy (None without a configured secret)."""
+        if self._credential is None:
+            try:
+                secret = load_secret(self.settings)
+            except SettingsError as e:
+                raise DockerUnavailable(f"no credential for the Docker proxy: {e}") from None
+            self._credential = credential(secret, self.identity) if secret else ""
+        return self._credential or None
+
     @property
     def api(self) -> docker.APIClient:
         with self._lock:
             if self._client is None:
+                auth = self._auth()
                 client = docker.APIClient(
                     base_url=self.address,
                     version=self._version,
@@ -74,6 +94,8 @@ class Engine:
                         pool_connections=1, pool_maxsize=self._pool_size
                     )
                     client.mount("http://", adapter)
+                if auth:
+                    client.headers[HEADER] = auth
                 self._client = client
             return self._client
 
@@ -94,8 +116,15 @@ class Engine:
         except docker.errors.APIError as e:
             status = e.status_code or 0
             explanation = str(e.explanation or e)
+            if status == 401:
+                raise PolicyRefused(
+                    f"the Docker proxy did not accept this worker's credential ({what}); "
+                    f"check EXECUTOR_PROXY_TOKEN / EXECUTOR_PROXY_TOKEN_FILE: {explanation}"
+                ) from None
             if status == 403:
                 raise PolicyRefused(f"the Docker proxy refused to {what}: {explanation}") from None
+            if status == 409 and step == "create a container from":
+                raise UidInUse(f"the Docker proxy refused to {what}: {explanation}") from None
             if status in (502, 503, 504):
                 raise DockerUnavailable(
                     f"Docker is unreachable at {self.address} ({what}): {explanation}"
@@ -165,13 +194,15 @@ class Engine:
     def attach(self, container_id: str) -> Attached:
         """Hijack an attach connection (stdin, stdout, stderr, stream) to the container."""
         with self._translated("attach to container", container_id[:12]):
+            auth = self._auth()
             sock = self._connect()
             try:
                 request = (
                     f"POST /v{self._version}/containers/{container_id}/attach"
                     "?stdin=1&stdout=1&stderr=1&stream=1 HTTP/1.1\r\n"
                     "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
-                    "Content-Length: 0\r\n\r\n"
+                    + (f"{HEADER}: {auth}\r\n" if auth else "")
+                    + "Content-Length: 0\r\n\r\n"
                 )
                 sock.sendall(request.encode())
                 head, pending = _read_head(sock)
@@ -180,7 +211,7 @@ class Engine:
                 if len(parts) < 2 or parts[1] not in ("101", "200"):
                     body = pending[:500].decode("utf-8", "replace")
                     code = parts[1] if len(parts) > 1 else "?"
-                    if code == "403":
+                    if code in ("401", "403"):
                         raise PolicyRefused(f"the Docker proxy refused to attach: {body}")
                     if code in ("502", "503"):
                         raise DockerUnavailable(f"Docker is unreachable at {self.address}: {body}")
@@ -217,17 +248,27 @@ class Engine:
                     raise
 
     def remove(self, container_id: str) -> bool:
-        """Force-remove the container; True when it was there. Gone already is fine."""
+        """Force-remove the container and return once it is gone; True when it was there.
+
+        Gone already is fine. When the engine is removing it already (AutoRemove after the
+        runner exited), this waits for that removal to finish: a caller may count the
+        container as removed once this returns.
+        """
         with self._translated("remove container", container_id[:12]):
             try:
                 self.api.remove_container(container_id, force=True)
             except docker.errors.NotFound:
                 return False
             except docker.errors.APIError as e:
-                if e.status_code == 409:  # removal already in progress (AutoRemove)
-                    return False
-                raise
+                if e.status_code != 409:  # 409: a removal is already in progress
+                    raise
+                self._wait_removed(container_id)
+                return False
         return True
+
+    def _wait_removed(self, container_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):  # gone before the wait began
+            self.api.wait(container_id, timeout=self._timeout, condition="removed")
 
     def wait(self, container_id: str, timeout: float) -> int | None:
         """The container's exit code once it stops, or None when it is gone or slow."""
@@ -236,6 +277,19 @@ class Engine:
                 return int(self.api.wait(container_id, timeout=timeout)["StatusCode"])
             except (docker.errors.NotFound, requests.exceptions.ReadTimeout):
                 return None
+
+    def oom_killed(self, container_id: str) -> bool:
+        """Whether the engine saw the container killed for memory (False once it is gone).
+
+        Under gVisor an out-of-memory kill ends the whole sandbox, runner included, so only
+        the engine can tell.
+        """
+        with self._translated("inspect container", container_id[:12]):
+            try:
+                state = self.api.inspect_container(container_id).get("State") or {}
+            except docker.errors.NotFound:
+                return False
+        return state.get("OOMKilled") is True
 
     def sandboxes(self, *labels: str) -> list[dict[str, Any]]:
         """Every container (any state) carrying all of `labels` ("key=value")."""

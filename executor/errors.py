@@ -18,6 +18,8 @@ message alone (``cls(str(exc))``), so errors cross the Celery boundary intact.
     ├── SandboxError                 502 sandbox_error    a container misbehaved or could
     │   │                                                 not be made; names the step
     │   ├── PolicyRefused            502 policy_refused   the Docker proxy refused a request
+    │   │   └── UidInUse             502 uid_in_use       the proxy refused a create: a living
+    │   │                                                 sandbox has its uid (drawn again)
     │   └── ContainerLost            502 container_lost   a container ended before its program
     │                                                     arrived (the service retries once)
     └── ExecutionLost                502 execution_lost   the worker vanished mid-run
@@ -124,6 +126,12 @@ class PolicyRefused(SandboxError):
     """The Docker security proxy refused a request of ours."""
 
     code = "policy_refused"
+
+
+class UidInUse(PolicyRefused):
+    """The Docker proxy refused a create because a living sandbox already runs as its uid."""
+
+    code = "uid_in_use"
 
 
 class ContainerLost(SandboxError):

@@ -5,6 +5,7 @@ every create request with `check_create()`, which accepts a body only when it is
 `sandbox_config()` would build for some image, runtime and limits within the rules. Any other
 key, spelling, type or value (a privileged flag, a bind mount, a network, a weaker seccomp
 profile...) is a violation.
+The seccomp profile is ours (`executor.seccomp.PROFILE`), required byte for byte.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from executor.config import MIB, Settings
 from executor.languages import languages
+from executor.seccomp import PROFILE as SECCOMP_PROFILE
 
 LABEL_SANDBOX = "io.executor.sandbox"
 LABEL_EXECUTION = "io.executor.execution"
@@ -22,24 +24,38 @@ LABEL_WORKER = "io.executor.worker"
 LABEL_PROFILE = "io.executor.profile"
 SANDBOX_LABEL_FILTER = f"{LABEL_SANDBOX}=1"
 
-SANDBOX_UID = 10001
-SANDBOX_USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
 WORKDIR = "/tmp"
 RUNNER = ("python3", "/opt/executor/runner.pyc")
+# The runner starts as root with these capabilities only: it needs SETUID/SETGID to run every
+# program step as the sandbox's own uid, and KILL to end that uid's processes at the deadline.
+# The program runs as that uid with no capability at all, so no process it can start shares a
+# uid with the runner: the reply channel is out of its reach under any runtime.
+RUNNER_USER = "0:0"
+RUNNER_CAPS = ("CAP_KILL", "CAP_SETGID", "CAP_SETUID")
 ENV = ("LANG=C.UTF-8", "HOME=/tmp", "PYTHONDONTWRITEBYTECODE=1")
 SHM_BYTES = 64 * MIB
 OOM_SCORE_ADJ = 500  # the host's OOM killer prefers a sandbox over anything else
 MIN_MEMORY_MB = 16
 MIN_CPUS = 0.05
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9_.:@-]{0,128}$")
+# Label values: fullmatch only (a `$` anchor would let a trailing newline through).
+WORKER_ID = re.compile(r"[A-Za-z0-9_.-]{1,80}:[0-9]{1,10}:[0-9a-f]{8}")
+EXECUTION_ID = re.compile(r"[A-Za-z0-9._:-]{0,128}")
+PROFILE = re.compile(r"[a-z0-9_+-]{1,32}-[0-9]{1,6}m-[0-9.]{1,12}cpu")
+_UID = re.compile(r"[1-9][0-9]{0,9}")
+
+
+def profile_name(language: str, memory_mb: int, cpus: float) -> str:
+    """The warm-pool profile a container is made for (also its profile label)."""
+    return f"{language}-{memory_mb}m-{cpus:g}cpu"
 
 
 @dataclass(frozen=True)
 class Rules:
     """The bounds a sandbox must stay within (from Settings)."""
 
-    images: frozenset[str]
+    images: dict[str, str]  # image -> the language it serves
     runtimes: frozenset[str]
+    uids: tuple[int, int]  # first and last host uid a sandbox may run as
     max_memory_mb: int
     max_cpus: float
     max_pids: int
@@ -49,8 +65,9 @@ class Rules:
     @classmethod
     def from_settings(cls, settings: Settings) -> Rules:
         return cls(
-            images=frozenset(lang.image for lang in languages(settings).values()),
+            images={lang.image: lang.name for lang in languages(settings).values()},
             runtimes=frozenset(settings.proxy_allowed_runtimes),
+            uids=settings.sandbox_uids,
             max_memory_mb=settings.max_memory_mb,
             max_cpus=settings.max_cpus,
             max_pids=settings.pids_limit,
@@ -68,11 +85,17 @@ def sandbox_config(
     tmpfs_mb: int,
     nofile: int,
     runtime: str,
+    uid: int,
     worker: str,
     execution: str,
     profile: str,
 ) -> dict[str, Any]:
-    """The Docker Engine API body of a container create for one sandbox."""
+    """The Docker Engine API body of a container create for one sandbox.
+
+    No --init: the runner itself is PID 1 and runs every program step as `uid` (its one
+    argument), so no process the program can open, trace or signal holds the container's
+    stdout (the reply channel); and when it exits, the kernel kills every process left in it.
+    """
     memory = memory_mb * MIB
     host_config: dict[str, Any] = {
         "NetworkMode": "none",
@@ -83,12 +106,13 @@ def sandbox_config(
         "NanoCpus": round(cpus * 1e9),
         "PidsLimit": pids,
         "CapDrop": ["ALL"],
-        "SecurityOpt": ["no-new-privileges"],
+        "CapAdd": list(RUNNER_CAPS),
+        "SecurityOpt": ["no-new-privileges", f"seccomp={SECCOMP_PROFILE}"],
         "Ulimits": [
             {"Name": "nofile", "Soft": nofile, "Hard": nofile},
             {"Name": "core", "Soft": 0, "Hard": 0},
         ],
-        "Init": True,
+        "Init": False,
         "LogConfig": {"Type": "none", "Config": {}},
         "AutoRemove": True,
         "IpcMode": "private",
@@ -100,8 +124,8 @@ def sandbox_config(
     return {
         "Image": image,
         "Entrypoint": list(RUNNER),
-        "Cmd": [],
-        "User": SANDBOX_USER,
+        "Cmd": [str(uid)],
+        "User": RUNNER_USER,
         "WorkingDir": WORKDIR,
         "Env": list(ENV),
         "Hostname": "sandbox",
@@ -134,8 +158,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_create(body: Any, rules: Rules) -> list[str]:
-    """Every reason `body` is not a proper sandbox; an empty list means it is one."""
+def check_create(body: Any, rules: Rules, client: str) -> list[str]:
+    """Every reason `body` is not a proper sandbox of `client`; an empty list means it is one.
+
+    `client` is the authenticated identity of the worker that sends the create: the worker
+    label must name it, so no client can make containers that pass for another's.
+    """
     if not isinstance(body, dict):
         return ["the body is not a JSON object"]
     problems: list[str] = []
@@ -171,12 +199,23 @@ def check_create(body: Any, rules: Rules) -> list[str]:
     runtime = "" if runtime is None else runtime
     if not isinstance(runtime, str) or runtime not in rules.runtimes:
         problems.append(f"runtime {runtime!r} is not allowed")
+    uid = sandbox_uid(body)
+    if uid is None or not rules.uids[0] <= uid <= rules.uids[1]:
+        problems.append(f"Cmd must be [uid] with a uid in {rules.uids[0]}..{rules.uids[1]}")
+        uid = rules.uids[0]
     labels = body.get("Labels")
-    if not isinstance(labels, dict) or not all(
-        isinstance(v, str) and _LABEL_VALUE.match(v) for v in labels.values()
-    ):
-        problems.append("Labels must be the sandbox labels with plain values")
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        problems.append("Labels must be the sandbox labels with string values")
         labels = {}
+    worker = labels.get(LABEL_WORKER, "")
+    if worker != client or not WORKER_ID.fullmatch(worker):
+        problems.append(f"label {LABEL_WORKER} must be the client's own identity")
+    if not EXECUTION_ID.fullmatch(labels.get(LABEL_EXECUTION, "")):
+        problems.append(f"label {LABEL_EXECUTION} must match {EXECUTION_ID.pattern}")
+    profile = labels.get(LABEL_PROFILE, "")
+    language = rules.images.get(str(image), "")
+    if not PROFILE.fullmatch(profile) or profile != profile_name(language, memory_mb, cpus):
+        problems.append(f"label {LABEL_PROFILE} must name the image's language and the limits")
     if problems:
         return problems
 
@@ -188,12 +227,24 @@ def check_create(body: Any, rules: Rules) -> list[str]:
         tmpfs_mb=tmpfs_mb,
         nofile=rules.nofile,
         runtime=runtime,
-        worker=labels.get(LABEL_WORKER, ""),
+        uid=uid,
+        worker=worker,
         execution=labels.get(LABEL_EXECUTION, ""),
-        profile=labels.get(LABEL_PROFILE, ""),
+        profile=profile,
     )
     expected["HostConfig"]["NanoCpus"] = nano  # rounding must not turn a valid body away
     return [f"{where} differs from the sandbox policy" for where in _differences(body, expected)]
+
+
+def sandbox_uid(config: Any) -> int | None:
+    """The uid a sandbox runs its program as (its Cmd, `[uid]`); None when it has no such Cmd.
+
+    Takes a create body or the Config of an inspected container alike.
+    """
+    cmd = config.get("Cmd") if isinstance(config, dict) else None
+    if not isinstance(cmd, list) or len(cmd) != 1 or not isinstance(cmd[0], str):
+        return None
+    return int(cmd[0]) if _UID.fullmatch(cmd[0]) else None
 
 
 def _tmpfs_mb(body: dict[str, Any]) -> int | None:

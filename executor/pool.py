@@ -19,7 +19,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from executor.models import Language
-from executor.sandbox import Container, Sandbox, profile_name
+from executor.policy import profile_name
+from executor.sandbox import Container, Sandbox
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from executor.engine import Engine
 from executor.policy import LABEL_WORKER, SANDBOX_LABEL_FILTER
-from executor.sandbox import COMPILE_TIMEOUT_S, DEADLINE_GRACE_S
+from executor.protocol import COMPILE_TIMEOUT_S
+from executor.sandbox import DEADLINE_GRACE_S
 
 log = logging.getLogger(__name__)
 

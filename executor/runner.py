@@ -11,10 +11,23 @@ items) and path/content (one pair per extra file). Values are raw UTF-8: nothing
 
 Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian length + data.
     b"r"         empty; sent once the runner has started and waits for its request
+    b"a"         empty; the whole request arrived (before it, nothing of the program has run)
     b"O" / b"E"  the program's stdout / stderr (at most max_output bytes each)
     b"o" / b"e"  the build step's stdout / stderr (compiled languages)
     b"R"         last frame: JSON {"exit_code", "signal", "timed_out", "oom", "duration_ms",
                  "stdout_bytes", "stderr_bytes", "compile": {...} | null}
+
+Why the program cannot forge this reply: only the runner holds the container's stdout, and no
+process of the program shares its uid. The runner is the container's PID 1 (no --init); it
+starts as root with CAP_SETUID, CAP_SETGID and CAP_KILL only, and every program step (the
+build, the run) runs in a child that drops to the sandbox's own uid (the runner's one
+argument) with no capability before it runs anything of the user's. So the program cannot
+open /proc/1/fd/* or /proc/1/mem, ptrace the runner (refused by our seccomp profile besides)
+or signal it, under runc and gVisor alike; the runner is also non-dumpable, and as the init
+of its PID namespace it gets no signal from inside but those it handles (none). Whatever the
+program needs to open again by path (its files, /dev/stdin, /dev/stdout) is made under its
+uid, before any program runs. When the runner exits, the kernel kills every process left in
+the container, so nothing the program started outlives the reply.
 
 Python programs run "inline": the runner's interpreter is already started, so the program is run
 in a forked child with a fresh __main__ instead of paying for a new interpreter.
@@ -36,27 +49,38 @@ import time
 WORKDIR = "/tmp"
 CHUNK = 65536
 DRAIN_AFTER_EXIT = 0.1  # seconds to collect output still in flight once the program is gone
+REAP_EVERY = 0.25  # seconds between reaping orphans while the program runs
 _HEADER = struct.Struct(">cI")
 _KEEP = []  # the runner's own module, kept alive while a program replaces __main__
 
 
-def _load_prctl():
+def _load_libc():
     try:
         import ctypes
 
-        return ctypes.CDLL(None, use_errno=True).prctl
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc, ctypes
     except (OSError, AttributeError):
-        return None
+        return None, None
 
 
-_PRCTL = _load_prctl()  # loaded before any request: ctypes is slow to import
+_LIBC, _CTYPES = _load_libc()  # loaded before any request: ctypes is slow to import
 
 
 def _prctl_dumpable(value):
-    # A non-dumpable runner cannot be ptraced and its /proc/<pid>/fd cannot be opened by the
-    # program, which runs as the same user: the program cannot write into our reply stream.
-    if _PRCTL is not None:
-        _PRCTL(4, value, 0, 0, 0)  # PR_SET_DUMPABLE
+    # A non-dumpable process cannot be ptraced and its /proc/<pid>/fd cannot be opened by
+    # another of the same uid (under runc; gVisor ignores it: the separate uid is what holds).
+    # Fails closed: a runner that cannot protect its reply channel does not run anything.
+    if _LIBC is None or _LIBC.prctl(4, value, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        raise OSError("prctl(PR_SET_DUMPABLE) is unavailable")
+
+
+def _clear_capabilities():
+    """Empty the effective, permitted and inheritable sets (lowering needs no privilege)."""
+    header = (_CTYPES.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (_CTYPES.c_uint32 * 6)()
+    if _LIBC.capset(header, data) != 0:
+        raise OSError("capset failed")
 
 
 def _read_exact(fd, n):
@@ -155,6 +179,41 @@ def _write_file(path, data):
         f.write(data)
 
 
+def _program_uid(argv):
+    """The uid every program step runs as: the runner's one argument, never root."""
+    if len(argv) != 2 or not argv[1].isdigit() or int(argv[1]) < 1000:
+        raise SystemExit("runner: usage: runner.pyc UID (the program's uid, 1000 or more)")
+    return int(argv[1])
+
+
+class _AsUser:
+    """Create files and pipes owned by `uid`: the runner's effective ids, for the block only.
+
+    Only used before any program runs, so no process of that uid exists meanwhile.
+    """
+
+    def __init__(self, uid):
+        self.uid = uid
+
+    def __enter__(self):
+        os.setegid(self.uid)
+        os.seteuid(self.uid)
+
+    def __exit__(self, *exc):
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def _drop_to(uid):
+    """For good: no groups, every uid and gid `uid`, no capability left (the kernel clears them)."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    _clear_capabilities()  # the inheritable set survives a change of uid: empty it too
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (uid, uid, uid):
+        raise OSError("could not drop to the program's uid")
+
+
 def _stdin_fd(data):
     try:
         fd = os.open(WORKDIR, os.O_TMPFILE | os.O_RDWR, 0o600)
@@ -182,20 +241,27 @@ class _Stream:
             _send(self.kind, data[:keep])
 
 
-def _child_setup(stdin_fd, out_w, err_w):
+def _child_setup(stdin_fd, out_w, err_w, inline, uid):
     os.setsid()  # its own process group, so the deadline kills every process it started
     os.dup2(stdin_fd, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-    _prctl_dumpable(1)
+    _drop_to(uid)
+    _prctl_dumpable(1)  # changing uid made it non-dumpable: its /proc entries become its own
     try:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write("1000")  # the OOM killer takes the program, not the runner
     except OSError:
         pass
     os.chdir(WORKDIR)
-    _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)  # as a fresh interpreter sets it
+    # The signal dispositions a fresh process would have: an interpreter's (SIGINT raises
+    # KeyboardInterrupt, SIGPIPE and SIGXFSZ ignored) or, for exec, the defaults.
+    if inline:
+        _signal.signal(_signal.SIGINT, _signal.default_int_handler)
+    else:
+        for number in (_signal.SIGPIPE, _signal.SIGXFSZ):
+            _signal.signal(number, _signal.SIG_DFL)
 
 
 def _child_inline(path, args):
@@ -265,13 +331,12 @@ def _finalize(main, status):
     os._exit(status & 0xFF)
 
 
-def _spawn(argv, stdin_fd, inline_path):
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+def _spawn(argv, stdin_fd, inline_path, uid, pipes):
+    (out_r, out_w), (err_r, err_w) = pipes
     pid = os.fork()
     if pid == 0:
         try:
-            _child_setup(stdin_fd, out_w, err_w)
+            _child_setup(stdin_fd, out_w, err_w, inline_path is not None, uid)
             if inline_path is not None:
                 _child_inline(inline_path, argv)
             os.execvp(argv[0], argv)
@@ -317,8 +382,8 @@ def _supervise(pid, pipes, deadline):
         if status is not None and (open_pipes == 0 or now >= drain_until):
             break
         wait = max(0.0, (deadline if status is None else drain_until) - now)
-        if pidfd is None and status is None:
-            wait = min(wait, 0.01)
+        # As PID 1 we inherit every orphan: wake now and then to reap them (see _reap).
+        wait = min(wait, 0.01 if pidfd is None else REAP_EVERY)
         for fd, _ in poller.poll(wait * 1000):
             if fd == 0:
                 _kill_group(pid)
@@ -336,9 +401,8 @@ def _supervise(pid, pipes, deadline):
                 poller.unregister(fd)
                 open_pipes -= 1
         if status is None:
-            done, raw = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = raw
+            status = _reap(pid)
+            if status is not None:
                 drain_until = time.monotonic() + DRAIN_AFTER_EXIT
     if pidfd is not None:
         os.close(pidfd)
@@ -346,6 +410,23 @@ def _supervise(pid, pipes, deadline):
         _kill_group(pid)
         _, status = os.waitpid(pid, 0)
     return status, timed_out
+
+
+def _reap(pid):
+    """Reap every exited child (orphans are ours too); the wait status of `pid`, if it ended.
+
+    Unreaped zombies would hold slots of the container's process limit.
+    """
+    status = None
+    while True:
+        try:
+            done, raw = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return status
+        if done == 0:
+            return status
+        if done == pid:
+            status = raw
 
 
 def _kill_group(pid):
@@ -356,11 +437,11 @@ def _kill_group(pid):
             pass
 
 
-def _run_step(argv, stdin_fd, inline_path, timeout, kinds, limit):
+def _run_step(argv, stdin_fd, inline_path, timeout, kinds, limit, uid, pipes):
     streams = [_Stream(kinds[0], limit), _Stream(kinds[1], limit)]
     oom_before = _oom_kills()
     started = time.monotonic()
-    pid, out_r, err_r = _spawn(argv, stdin_fd, inline_path)
+    pid, out_r, err_r = _spawn(argv, stdin_fd, inline_path, uid, pipes)
     status, timed_out = _supervise(pid, {out_r: streams[0], err_r: streams[1]}, started + timeout)
     duration_ms = int((time.monotonic() - started) * 1000)
     os.close(out_r)
@@ -380,9 +461,14 @@ def _run_step(argv, stdin_fd, inline_path, timeout, kinds, limit):
 
 def main():
     _prctl_dumpable(0)
+    # PID 1 gets no signal from inside its namespace unless it handles it: handle none (the
+    # interpreter installed one for SIGINT).
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+    uid = _program_uid(sys.argv)
     _send(b"r", b"")
     request = _read_request(0)
     received = time.monotonic()
+    _send(b"a", b"")
 
     def number(name, default=None):
         values = request.get(name)
@@ -392,25 +478,33 @@ def main():
         return [item.decode("utf-8") for item in request.get(name, ())]
 
     source = _safe_path(request["source"][0].decode("utf-8"))
-    for path, content in zip(request.get("path", ()), request.get("content", ()), strict=True):
-        _write_file(_safe_path(path.decode("utf-8")), content)
-    _write_file(source, request["code"][0])
+    build = request.get("compile")
+    with _AsUser(uid):  # all the program may open by path again, owned by its uid
+        for path, content in zip(request.get("path", ()), request.get("content", ()), strict=True):
+            _write_file(_safe_path(path.decode("utf-8")), content)
+        _write_file(source, request["code"][0])
+        stdin_fd = _stdin_fd(request.get("stdin", [b""])[0])
+        build_pipes = (os.pipe(), os.pipe()) if build else None
+        run_pipes = (os.pipe(), os.pipe())
     limit = int(number("max_output"))
     result = {"compile": None}
-    if request.get("compile"):
+    if build:
         with open(os.devnull, "rb") as devnull:
             timeout = number("compile_timeout", 30.0)
-            step = _run_step(argv("compile"), devnull.fileno(), None, timeout, (b"o", b"e"), limit)
+            step = _run_step(
+                argv("compile"), devnull.fileno(), None, timeout, (b"o", b"e"), limit, uid,
+                build_pipes,
+            )  # fmt: skip
         result["compile"] = step
         if step["exit_code"] != 0:
             _send(b"R", _json(result).encode())
             return
     budget = max(0.0, number("timeout") - (time.monotonic() - received))
-    stdin_fd = _stdin_fd(request.get("stdin", [b""])[0])
     inline = source if request.get("inline", [b"0"])[0] == b"1" else None
     args = argv("arg")
     command = args if inline else [*argv("run"), *args]
-    result.update(_run_step(command, stdin_fd, inline, budget, (b"O", b"E"), limit))
+    step = _run_step(command, stdin_fd, inline, budget, (b"O", b"E"), limit, uid, run_pipes)
+    result.update(step)
     _send(b"R", _json(result).encode())
 
 

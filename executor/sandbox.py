@@ -2,51 +2,42 @@
 
 A `Container` is created, attached and started before any code exists, so a warm pool can
 prepare it in advance; `Sandbox.execute()` then hands it exactly one program. The worker trusts
-nothing that comes back: it caps what it keeps, enforces the deadline itself (SIGKILL to the
-whole container) and treats a broken reply as the program's own failure.
+nothing that comes back (see executor.protocol): it caps what it keeps, enforces the deadline
+itself (SIGKILL to the whole container) and treats a broken reply as the program's own failure.
+Whatever the reply said, `destroy()` then kills and removes the container: nothing a program
+started outlives its execution, and the counters count only what Docker confirmed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
-import secrets
 import select
 import signal
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from executor.config import Settings
 from executor.engine import Engine
-from executor.errors import ContainerLost
+from executor.errors import ContainerLost, SandboxError, UidInUse
 from executor.models import Language, Limits, RunRequest, RunResult, StepResult
-from executor.policy import sandbox_config
+from executor.policy import profile_name, sandbox_config
+from executor.protocol import COMPILE_TIMEOUT_S, Reply, Step, encode_request
+from executor.uids import UidAllocator, UidsExhausted
 
 log = logging.getLogger(__name__)
 
 DEADLINE_GRACE_S = 1.0  # the runner kills at the deadline; we kill the container this much later
-COMPILE_TIMEOUT_S = 30.0
-_DOCKER_HEADER = struct.Struct(">BxxxI")
-_FRAME_HEADER = struct.Struct(">cI")
-_DIAGNOSTICS = 8192
+UID_ATTEMPTS = 5  # draws of a uid before a create gives up (another worker may hold each)
 
 Events = Callable[[str, int], None]
 
 
 def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def profile_name(language: str, memory_mb: int, cpus: float) -> str:
-    return f"{language}-{memory_mb}m-{cpus:g}cpu"
 
 
 @dataclass
@@ -59,8 +50,9 @@ class Container:
     language: Language
     profile: str
     image_id: str
+    uid: int
     created: float = field(default_factory=time.monotonic)
-    reported: bool = False  # the runner sent its result, so it exits and AutoRemove follows
+    ready: bool = False  # its runner's ready frame has been read (warm containers)
 
     def alive(self) -> bool:
         """True while the runner still waits: nothing to read, connection open."""
@@ -74,123 +66,6 @@ class Container:
         return not readable and not failed
 
 
-class _Reply:
-    """Decodes Docker's stream framing, then the runner's frames; keeps `cap` bytes per stream."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.budget = 4 * cap + (1 << 20)  # more than this from one runner is a broken runner
-        self.raw = 0
-        self.docker_buf = b""
-        self.frame_buf = b""
-        self.streams: dict[bytes, bytearray] = {k: bytearray() for k in (b"O", b"E", b"o", b"e")}
-        self.diagnostics = bytearray()
-        self.final: dict[str, Any] | None = None
-        self.ready = False
-        self.broken = ""
-
-    def feed(self, data: bytes) -> None:
-        self.raw += len(data)
-        if self.raw > self.budget:
-            self.broken = "the sandbox sent more than its output limits allow"
-            return
-        self.docker_buf += data
-        while len(self.docker_buf) >= _DOCKER_HEADER.size:
-            kind, size = _DOCKER_HEADER.unpack_from(self.docker_buf)
-            end = _DOCKER_HEADER.size + size
-            if len(self.docker_buf) < end:
-                break
-            payload = self.docker_buf[_DOCKER_HEADER.size : end]
-            self.docker_buf = self.docker_buf[end:]
-            if kind == 1:
-                self._frames(payload)
-            elif len(self.diagnostics) < _DIAGNOSTICS:
-                self.diagnostics += payload[: _DIAGNOSTICS - len(self.diagnostics)]
-
-    def _frames(self, data: bytes) -> None:
-        self.frame_buf += data
-        while len(self.frame_buf) >= _FRAME_HEADER.size and self.final is None:
-            kind, size = _FRAME_HEADER.unpack_from(self.frame_buf)
-            end = _FRAME_HEADER.size + size
-            if len(self.frame_buf) < end:
-                break
-            payload = self.frame_buf[_FRAME_HEADER.size : end]
-            self.frame_buf = self.frame_buf[end:]
-            if kind == b"R":
-                try:
-                    final = json.loads(payload)
-                except ValueError:
-                    final = None
-                if not isinstance(final, dict):
-                    self.broken = "the sandbox sent an unreadable result"
-                    return
-                self.final = final
-            elif kind == b"r":
-                self.ready = True
-            elif kind in self.streams:
-                kept = self.streams[kind]
-                if len(kept) < self.cap:
-                    kept += payload[: self.cap - len(kept)]
-            else:
-                self.broken = "the sandbox broke the reply protocol"
-                return
-
-    def text(self, kind: bytes) -> str:
-        return decode_capped(bytes(self.streams[kind]), self.cap)
-
-
-def decode_capped(data: bytes, cap: int) -> str:
-    """UTF-8 text of `data` with invalid bytes replaced, at most `cap` bytes once encoded."""
-    if len(data) >= cap:
-        # Do not end on half a character cut by the cap.
-        for back in range(1, 4):
-            if len(data) > back and (data[-back] & 0xC0) != 0x80:
-                lead = data[-back]
-                need = 2 if lead >= 0xC0 else 1
-                need = 3 if lead >= 0xE0 else need
-                need = 4 if lead >= 0xF0 else need
-                if need > back:
-                    data = data[:-back]
-                break
-    text = data.decode("utf-8", "replace")
-    if len(data) * 3 > cap:
-        encoded = text.encode("utf-8")
-        if len(encoded) > cap:
-            text = encoded[:cap].decode("utf-8", "ignore")
-    return text
-
-
-def encode_request(request: RunRequest, language: Language, max_output: int) -> bytes:
-    """The runner's request: b"<length>\\n" then fields b"<name> <length>\\n<raw value>"."""
-    fields: list[tuple[str, str | bytes]] = [
-        ("source", language.source_file),
-        ("code", request.code),
-        ("stdin", request.stdin),
-        ("inline", "1" if language.inline_python else "0"),
-        ("timeout", repr(float(request.limits.timeout))),
-        ("compile_timeout", repr(COMPILE_TIMEOUT_S)),
-        ("max_output", str(max_output)),
-    ]
-    fields += [("arg", arg) for arg in request.args]
-    fields += [("run", item) for item in language.run]
-    fields += [("compile", item) for item in language.compile or ()]
-    for extra in request.files:
-        fields += [("path", extra.path), ("content", extra.content)]
-    parts = []
-    for name, value in fields:
-        data = value.encode("utf-8") if isinstance(value, str) else value
-        parts += [b"%s %d\n" % (name.encode(), len(data)), data]
-    body = b"".join(parts)
-    return b"%d\n" % len(body) + body
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"SIG{number}"
-
-
 class Sandbox:
     """Makes, runs and destroys sandbox containers through an Engine."""
 
@@ -201,8 +76,8 @@ class Sandbox:
         # An engine on a small host creates containers fastest a few at a time: past that,
         # parallel creates only slow each other down (and every execution waits longer).
         self._starts = threading.BoundedSemaphore(settings.max_starts)
-        instance = re.sub(r"[^A-Za-z0-9_.-]", "-", settings.instance)[:80] or "executor"
-        self.owner = f"{instance}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = engine.identity  # the worker label of every container made here
+        self.uids = UidAllocator(*settings.sandbox_uids)
 
     def prepare(
         self, language: Language, memory_mb: int, cpus: float, execution: str = ""
@@ -210,25 +85,8 @@ class Sandbox:
         """Create, attach and start a container whose runner then waits for one program."""
         image_id = self.engine.image_id(language.image)
         profile = profile_name(language.name, memory_mb, cpus)
-        config = sandbox_config(
-            image=language.image,
-            memory_mb=memory_mb,
-            cpus=cpus,
-            pids=self.settings.pids_limit,
-            tmpfs_mb=self.settings.tmpfs_mb,
-            nofile=self.settings.nofile_limit,
-            runtime=self.settings.runtime,
-            worker=self.owner,
-            execution=execution,
-            profile=profile,
-        )
         with self._starts:
-            try:
-                container_id = self.engine.create(config)
-            except Exception:
-                self.events("containers_failed", 1)
-                raise
-            self.events("containers_created", 1)
+            container_id, uid = self._create(language, memory_mb, cpus, execution, profile)
             try:
                 attached = self.engine.attach(container_id)
                 try:
@@ -237,20 +95,59 @@ class Sandbox:
                     attached.sock.close()
                     raise
             except BaseException:
-                self._remove(container_id)
+                self._remove(container_id, uid)
                 raise
-        return Container(container_id, attached.sock, attached.pending, language, profile, image_id)
+        return Container(
+            container_id, attached.sock, attached.pending, language, profile, image_id, uid
+        )
+
+    def _create(
+        self, language: Language, memory_mb: int, cpus: float, execution: str, profile: str
+    ) -> tuple[str, int]:
+        """Create the container under a uid no other living sandbox has; (id, uid)."""
+        for _ in range(UID_ATTEMPTS):
+            try:
+                uid = self.uids.acquire()
+            except UidsExhausted as e:
+                self.events("containers_failed", 1)
+                raise SandboxError(f"cannot create a sandbox: {e}") from None
+            config = sandbox_config(
+                image=language.image,
+                memory_mb=memory_mb,
+                cpus=cpus,
+                pids=self.settings.pids_limit,
+                tmpfs_mb=self.settings.tmpfs_mb,
+                nofile=self.settings.nofile_limit,
+                runtime=self.settings.runtime,
+                uid=uid,
+                worker=self.owner,
+                execution=execution,
+                profile=profile,
+            )
+            try:
+                container_id = self.engine.create(config)
+            except UidInUse:
+                self.uids.release(uid)  # another worker's sandbox runs as it: draw again
+                continue
+            except BaseException:
+                self.uids.release(uid)
+                self.events("containers_failed", 1)
+                raise
+            self.events("containers_created", 1)
+            return container_id, uid
+        self.events("containers_failed", 1)
+        raise SandboxError(f"no free sandbox uid after {UID_ATTEMPTS} draws")
 
     def wait_ready(self, container: Container, timeout: float) -> bool:
         """Wait until the container's runner says it waits for a program (warm pool use)."""
-        reply = _Reply(0)
+        reply = Reply(0)
         reply.feed(container.pending)
         container.pending = b""
         deadline = time.monotonic() + timeout
         sock = container.sock
         while not reply.ready:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or reply.broken or reply.final is not None:
+            if remaining <= 0 or reply.done:
                 return False
             sock.settimeout(remaining)
             try:
@@ -261,37 +158,40 @@ class Sandbox:
                 return False
             reply.feed(data)
         # Anything beyond the ready frame would be a runner that does not wait: refuse it.
-        return not (reply.docker_buf or reply.frame_buf)
+        container.ready = not reply.pending and not reply.broken
+        return container.ready
 
     def destroy(self, container: Container) -> None:
-        """Close the connection and remove the container (it may be gone already).
+        """Close the connection, then kill and remove the container, whatever it reported.
 
-        A runner that reported its result has exited or is exiting, and the engine removes
-        its container by itself (AutoRemove): asking again would only cost the engine work.
-        Anything else is force-removed; the reaper catches what even that misses.
+        A runner that reported has exited and its container is being removed (AutoRemove),
+        but nothing the container says is taken on trust: the force-removal is what ends it.
         """
         try:
             container.sock.close()
         finally:
-            if container.reported:
-                self.events("containers_removed", 1)
-            else:
-                self._remove(container.id)
+            self._remove(container.id, container.uid)
 
-    def _remove(self, container_id: str) -> None:
+    def _remove(self, container_id: str, uid: int) -> None:
         try:
             self.engine.remove(container_id)
         except Exception:
             log.exception("could not remove container %s; the reaper will", container_id[:12])
             return
+        finally:
+            self.uids.release(uid)
         self.events("containers_removed", 1)
 
     def execute(self, container: Container, request: RunRequest) -> RunResult:
-        """Run `request` in `container` (once). Outcomes of the program are data; faults raise."""
+        """Run `request` in `container` (once). Outcomes of the program are data; faults raise.
+
+        Raises ContainerLost when the runner ended before it had the whole request: then
+        nothing of the program ran, and a fresh container may take it.
+        """
         language = container.language
         limits = request.limits
         payload = encode_request(request, language, self.settings.max_output_bytes)
-        reply = _Reply(self.settings.max_output_bytes)
+        reply = Reply(self.settings.max_output_bytes, ready=container.ready)
         sock = container.sock
         try:
             sock.settimeout(self.settings.docker_timeout)
@@ -307,7 +207,7 @@ class Sandbox:
         if container.pending:
             reply.feed(container.pending)
         killed = False
-        while reply.final is None and not reply.broken:
+        while not reply.done:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 killed = True
@@ -323,7 +223,11 @@ class Sandbox:
                 break
             reply.feed(data)
         measured_ms = int((time.monotonic() - delivered) * 1000)
-        container.reported = reply.final is not None and not reply.broken
+        if not reply.accepted and not killed:
+            raise ContainerLost(
+                f"container {container.id[:12]} ended before its program arrived"
+                + (f": {reply.broken}" if reply.broken else "")
+            )
         if killed or reply.broken:
             self.engine.kill(container.id)
         return self._result(container, request, reply, killed, measured_ms, started_at)
@@ -332,63 +236,73 @@ class Sandbox:
         self,
         container: Container,
         request: RunRequest,
-        reply: _Reply,
+        reply: Reply,
         killed: bool,
         measured_ms: int,
         started_at: str,
     ) -> RunResult:
         language = container.language
-        final = reply.final or {}
+        final = reply.final
         cap = self.settings.max_output_bytes
-        compile_info = final.get("compile")
+        build = final.compile if final is not None else None
+        run: Step | None = final.run if final is not None else None
         compile_step = None
-        if isinstance(compile_info, dict):
+        if build is not None:
             compile_step = StepResult(
-                exit_code=compile_info.get("exit_code"),
+                exit_code=build.exit_code,
                 stdout=reply.text(b"o"),
                 stderr=reply.text(b"e"),
-                duration_ms=int(compile_info.get("duration_ms") or 0),
+                duration_ms=build.duration_ms,
             )
-        exit_code: int | None = final.get("exit_code")
-        sig: str | None = final.get("signal")
-        duration_ms = int(final.get("duration_ms", measured_ms))
+        exit_code = run.exit_code if run is not None else None
+        sig = run.signal if run is not None else None
+        duration_ms = run.duration_ms if run is not None else measured_ms
         stderr = reply.text(b"E")
         if killed:
             status, exit_code, sig, duration_ms = "timeout", None, "SIGKILL", measured_ms
         elif reply.broken:
             status, exit_code, sig = "error", None, "SIGKILL"
             stderr += f"\n[executor] {reply.broken}; the sandbox was killed\n"
-        elif reply.final is None:
-            # The runner died before reporting: the program killed it, or the OOM killer did.
+            log.warning("container %s: %s", container.id[:12], reply.broken)
+        elif final is None:
+            # The runner died before reporting: the OOM killer took it (under gVisor it takes
+            # the whole sandbox), or the sandbox's runtime failed.
+            # The engine records an OOM kill as it happens, and forgets it when it removes the
+            # container (AutoRemove): ask at once, and again once it has stopped.
+            oom = self.engine.oom_killed(container.id)
             code = self.engine.wait(container.id, 2.0)
             status, exit_code, sig = "error", None, None
             if code is not None and code > 128:
                 sig = _signal_name(code - 128)
+            if oom or self.engine.oom_killed(container.id):
+                status, sig = "memory_limit", "SIGKILL"
+            else:
+                stderr += "\n[executor] the sandbox ended without reporting a result\n"
             log.warning(
                 "runner of container %s ended without a result (exit %s): %s",
                 container.id[:12],
                 code,
                 bytes(reply.diagnostics[:500]).decode("utf-8", "replace"),
             )
-        elif compile_step is not None and compile_step.exit_code != 0:
+        elif run is None:
             status = "compile_error"
-        elif final.get("timed_out"):
+        elif run.timed_out:
             status = "timeout"
-        elif final.get("oom"):
+        elif run.oom:
             status = "memory_limit"
         elif exit_code == 0:
             status = "success"
         else:
             status = "error"
-        ran = compile_step is None or compile_step.exit_code == 0
+        ran = final is None or run is not None
         return RunResult(
             status=status,
             exit_code=exit_code if ran else None,
             signal=sig if ran else None,
             stdout=reply.text(b"O"),
             stderr=stderr,
-            stdout_truncated=_written(final, "stdout_bytes", reply.streams[b"O"]) > cap,
-            stderr_truncated=_written(final, "stderr_bytes", reply.streams[b"E"]) > cap,
+            stdout_truncated=_written(run, "stdout_bytes", reply.streams[b"O"]) > cap,
+            stderr_truncated=_written(run, "stderr_bytes", reply.streams[b"E"]) > cap,
             duration_ms=duration_ms if ran else 0,
             language=language.name,
             image=f"{language.image}@{container.image_id}",
@@ -400,10 +314,16 @@ class Sandbox:
         )
 
 
-def _written(final: dict[str, Any], key: str, kept: bytearray) -> int:
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"SIG{number}"
+
+
+def _written(run: Step | None, key: str, kept: bytearray) -> int:
     """Bytes the program wrote to a stream, as far as we can tell."""
-    reported = final.get(key)
-    return reported if isinstance(reported, int) and not isinstance(reported, bool) else len(kept)
+    return int(getattr(run, key)) if run is not None else len(kept)
 
 
 def default_limits(settings: Settings) -> Limits:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -29,6 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCKER_SOCKET = os.environ.get("EXECUTOR_TEST_DOCKER_SOCKET", "unix:///var/run/docker.sock")
 REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The secret the session's proxy and every worker of the tests share (see executor.proxyauth).
+# Every process the tests start (workers, APIs) reads it from the environment, as in production.
+# (setdefault: this module may be imported twice, as conftest and as tests.conftest.)
+PROXY_TOKEN = os.environ.setdefault("EXECUTOR_PROXY_TOKEN", secrets.token_urlsafe(24))
 
 
 def missing(what: str) -> None:
@@ -84,6 +89,7 @@ def proxy_process(upstream: str, audit: Path, **env: str) -> Iterator[str]:
         "PROXY_LISTEN": f"127.0.0.1:{port}",
         "PROXY_UPSTREAM": upstream,
         "PROXY_AUDIT_LOG": str(audit),
+        "EXECUTOR_PROXY_TOKEN": PROXY_TOKEN,
         **env,
     }
     with open(audit.with_suffix(".log"), "wb") as log:
@@ -118,7 +124,6 @@ def proxy(
     """The Docker security proxy, started as its own process: {"url", "docker_host", "audit"}."""
     audit = tmp_path_factory.mktemp("proxy") / "audit.jsonl"
     with proxy_process(DOCKER_SOCKET, audit) as url:
-        wait_http(f"{url}/v1.41/_ping", 30)
         yield {"url": url, "docker_host": url.replace("http://", "tcp://"), "audit": str(audit)}
 
 
@@ -132,9 +137,16 @@ def docker_host(proxy: dict[str, str]) -> str:
 def settings(docker_host: str) -> Settings:
     """Test settings: the defaults, Docker through the proxy, a test instance name."""
     base = Settings.from_env(
-        {"REDIS_URL": REDIS_URL, "DOCKER_HOST": docker_host, "HOSTNAME": "pytest"}
+        {
+            "REDIS_URL": REDIS_URL,
+            "DOCKER_HOST": docker_host,
+            "HOSTNAME": "pytest",
+            "EXECUTOR_PROXY_TOKEN": PROXY_TOKEN,
+        }
     )
-    return replace(base, pool_size=0)
+    # EXECUTOR_TEST_RUNTIME=runsc runs the sandbox tests under gVisor (`make test` does, for
+    # the hostile suites, when the engine has runsc).
+    return replace(base, pool_size=0, runtime=os.environ.get("EXECUTOR_TEST_RUNTIME", ""))
 
 
 def sandboxes(raw_docker: docker.DockerClient, **labels: str) -> list[str]:

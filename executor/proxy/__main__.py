@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import sys
 
@@ -23,11 +24,31 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)  # noqa: S104 - the proxy serves the worker's network
 
 
+def raise_open_files(connections: int) -> None:
+    """Let the process hold a descriptor per client and per engine connection, and some more
+    (the soft limit is often 1024, which PROXY_MAX_CONNECTIONS clients alone could reach)."""
+    want = 2 * connections + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning(
+                "open files limited to %d: fewer than PROXY_MAX_CONNECTIONS=%d connections "
+                "(each needs two descriptors) may be served at once",
+                new,
+                connections,
+            )
+
+
 async def serve(settings: Settings) -> None:
     host, port = parse_listen(settings.proxy_listen)
+    raise_open_files(settings.proxy_max_connections)
     audit = AuditLog(settings.proxy_audit_log)
     try:
         proxy = Proxy(settings, audit)
+        proxy.start()
         server = await asyncio.start_server(
             proxy.handle, host, port, limit=CLIENT_LIMIT, reuse_address=True
         )

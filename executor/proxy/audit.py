@@ -1,10 +1,12 @@
 """The audit log: one JSON line per decision, to a file or to stderr (PROXY_AUDIT_LOG="-").
 
-Each line holds: time (ISO 8601, UTC), client, method, path (without the query), decision
-("allowed" or "refused"), rule, container (a full id or null), image (or null), status (the
-engine's status when allowed, the proxy's own when refused), reason (why it was refused, or
-why the engine could not be reached) and ms (time to the response head). Bodies, query values
-and stream contents are never written: they carry users' code.
+Each line holds: time (ISO 8601, UTC), client (its address), identity (the worker the request
+authenticated as, or null before that), method, path (without the query), decision ("allowed"
+or "refused"), rule, container (a full id or null), image (or null), status (the engine's
+status when allowed, the proxy's own when refused), reason (why it was refused, or why the
+engine could not be reached) and ms (time to the response head). Bodies, query values, header
+values (the credential above all) and stream contents are never written: they carry users'
+code and the workers' proof of the secret.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class AuditLog:
         self,
         *,
         client: str,
+        identity: str | None = None,
         method: str,
         path: str,
         allowed: bool,
@@ -46,6 +49,7 @@ class AuditLog:
         line = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "client": client,
+            "identity": identity,
             "method": method,
             "path": path[:PATH_MAX],
             "decision": "allowed" if allowed else "refused",

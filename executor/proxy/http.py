@@ -4,7 +4,8 @@ Requests come from a client that may be hostile, so their heads are parsed stric
 two HTTP readers could understand differently is refused: only HTTP/1.1, only origin-form
 targets of visible ASCII, CRLF line ends, no line folding, no duplicate header, no
 Transfer-Encoding (so no chunked body and no Content-Length beside it), a bounded request line
-and head. The proxy forwards a head of its own making, never the client's bytes.
+and head, and a head that arrives whole within a time limit from its first byte. The proxy
+forwards a head of its own making, never the client's bytes (so never their Authorization).
 
 Responses come from the engine and are parsed only as far as needed to know where each ends:
 a length, chunks, the end of the connection, or a 101 after which the connection carries raw
@@ -28,9 +29,11 @@ RESPONSE_HEAD_MAX = 64 * 1024
 
 REASONS = {
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
     408: "Request Timeout",
+    409: "Conflict",
     411: "Length Required",
     413: "Payload Too Large",
     414: "URI Too Long",
@@ -38,9 +41,12 @@ REASONS = {
     417: "Expectation Failed",
     431: "Request Header Fields Too Large",
     502: "Bad Gateway",
+    503: "Service Unavailable",
     505: "HTTP Version Not Supported",
 }
 
+# Anchors: fullmatch on whatever a client sends (a `$` would let a trailing newline through).
+# The engine's status line is matched at the start of its head and ends at an explicit CRLF.
 _REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
 _HEADER = re.compile(
     rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*((?:[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?)?)[ \t]*"
@@ -56,12 +62,17 @@ _QUERY_VALUE = re.compile(r"(?:[A-Za-z0-9._~:@/!$'()*+,=-]|%[0-9A-Fa-f]{2})*")
 
 
 class HTTPError(Exception):
-    """A request the proxy will not read further: answer `status` and close the connection."""
+    """A request the proxy will not read further: answer `status` and close the connection.
 
-    def __init__(self, status: int, reason: str) -> None:
+    `line` is the start of the request line when the head could not be read whole (for the
+    audit line); never more, since the rest may hold a credential.
+    """
+
+    def __init__(self, status: int, reason: str, line: bytes = b"") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.line = line
 
 
 class QueryError(ValueError):
@@ -158,14 +169,20 @@ def parse_query(raw: str) -> dict[str, str]:
     return result
 
 
-def error_response(status: int, message: str, *, close: bool) -> bytes:
-    """A Docker-style error answer: JSON {"message": ...}, as docker-py reads it."""
+def error_response(
+    status: int, message: str, *, close: bool, headers: tuple[str, ...] = ()
+) -> bytes:
+    """A Docker-style error answer: JSON {"message": ...}, as docker-py reads it.
+
+    `headers` are extra header lines ("Name: value") of the proxy's own making.
+    """
     body = json.dumps({"message": message}).encode()
     head = (
         f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n"
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n"
-        f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n"
+        + "".join(f"{line}\r\n" for line in headers)
+        + f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n"
     )
     return head.encode() + body
 
@@ -229,25 +246,54 @@ def parse_response(head: bytes, *, method: str) -> Response:
     return Response(status, head, framing, length, close)
 
 
-async def read_head(reader: asyncio.StreamReader) -> bytes:
+async def read_head(
+    reader: asyncio.StreamReader,
+    *,
+    idle_timeout: float | None = None,
+    head_timeout: float | None = None,
+) -> bytes:
     """Read one request head through its blank line; b"" when the client ends between requests.
 
-    Lines must end in CRLF: a bare LF is refused at once rather than waited past. There is no
-    timer here (it would cost every request on the hot path): a kept-alive connection may wait
-    for its next request as long as its client lives, and TCP keep-alive finds dead clients.
-    Raises HTTPError for a malformed or oversize head.
+    The first byte may take up to `idle_timeout` seconds: a connection idle that long is
+    ended like one the client closed (b"", no answer: a client may have sent a request just
+    as it closed). From its first byte the head must be whole within `head_timeout` seconds,
+    or HTTPError 408. One timer serves both, moved once per request. Lines must end in CRLF:
+    a bare LF is refused at once rather than waited past. Raises HTTPError for a malformed,
+    oversize or late head.
     """
+    loop = asyncio.get_running_loop()
+    parts: list[bytes] = []  # the lines read so far
+    first = b""
     try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as e:
-        if e.partial:
-            raise HTTPError(400, "connection ended inside a request head") from None
-        return b""
+        async with asyncio.timeout_at(
+            None if idle_timeout is None else loop.time() + idle_timeout
+        ) as timer:
+            first = await reader.read(1)
+            if not first:
+                return b""
+            timer.reschedule(None if head_timeout is None else loop.time() + head_timeout)
+            return await _read_rest(reader, first, parts)
+    except TimeoutError:
+        if not parts and not first:
+            return b""
+        # Only the request line may be shown (in the audit): later lines may hold a credential.
+        raise HTTPError(
+            408,
+            f"the request head did not arrive whole within {head_timeout:g}s",
+            parts[0] if parts else b"",
+        ) from None
+
+
+async def _read_rest(reader: asyncio.StreamReader, first: bytes, parts: list[bytes]) -> bytes:
+    try:
+        line = first + await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError:
+        raise HTTPError(400, "connection ended inside a request head") from None
     except asyncio.LimitOverrunError:
         raise HTTPError(414, f"request line longer than {REQUEST_LINE_MAX} bytes") from None
     if len(line) > REQUEST_LINE_MAX + 2:
         raise HTTPError(414, f"request line longer than {REQUEST_LINE_MAX} bytes")
-    parts = [line]
+    parts.append(line)
     total = len(line)
     try:
         while True:

@@ -1,6 +1,12 @@
 """What the proxy lets through: a method and path table, and what each entry's query may hold.
 
-Paths are matched on the raw request target, before any decoding, with anchored patterns; a
+Before this table is consulted, every request must authenticate (rule "auth", in the server):
+`Authorization: Executor <identity> <hex HMAC-SHA256(secret, identity)>` (executor.proxyauth),
+on every path below, the pings included. Without a valid credential the answer is 401 and
+nothing here is looked at; the header is never forwarded to the engine.
+
+Paths are matched on the raw request target, before any decoding, with patterns that must
+match the whole path (fullmatch, never a `$` anchor, which a trailing newline passes); a
 path must be canonical (no percent-encoding, no empty or dot segment) and versioned
 (/v1.NN/..., NN at least MIN_API_MINOR). Containers are named by full 64-hex id only; whether
 an id is ours is decided by `ownership`, and a create body by `executor.policy.check_create`
@@ -10,10 +16,13 @@ an id is ours is decided by `ownership`, and a create body by `executor.policy.c
     ping               GET HEAD     /_ping (also unversioned)     none
     version            GET          /version (also unversioned)   none
     container-create   POST         /containers/create            name=executor-[a-z0-9-]{1,64}
+      body: check_create, worker label = the client's identity; uid free (else 409)
     container-list     GET          /containers/json              filters with our label; all,
                                                                   limit, size=0, trunc_cmd
     container-start    POST         /containers/{id}/start        none
+      only by the container's creator
     container-attach   POST         /containers/{id}/attach       stdin stdout stderr stream logs
+      only by the container's creator, and only once
     container-wait     POST         /containers/{id}/wait         condition
     container-kill     POST         /containers/{id}/kill         signal
     container-inspect  GET          /containers/{id}/json         none
@@ -21,6 +30,17 @@ an id is ours is decided by `ownership`, and a create body by `executor.policy.c
     container-remove   DELETE       /containers/{id}              v, force, link=false
     image-inspect      GET          /images/{name}/json           none; name an allowed image
     image-pull         POST         /images/create                fromImage + tag: allowed image
+
+Creator: the identity whose create the proxy saw return the container (ownership.py). A
+container the proxy did not see created (made before it started, or elsewhere) has no creator
+and can never be started or attached. Wait, kill, inspect, stats and remove are open to every
+authenticated worker on any container of ours: a worker's reaper removes the containers of
+workers that died.
+
+Uid: the create's Cmd must be [uid], the uid its program runs as, in EXECUTOR_SANDBOX_UIDS
+(check_create),
+and no container of ours that is not yet removed may run as it (nor may another create in
+flight ask for it): else 409, naming the uid, and the worker draws another.
 """
 
 from __future__ import annotations

@@ -1,12 +1,36 @@
-"""Client connections: read a request, decide, forward it, relay the answer; splice attaches.
+"""Client connections: authenticate, decide, forward, relay the answer; splice attaches.
+
+Every request is decided on its own, in this order:
+
+1. http: the head is read strictly (http.py); one that is malformed, oversize or not whole
+   within PROXY_HEAD_TIMEOUT seconds of its first byte is answered 4xx (408 for the timer)
+   and the connection closed. Nothing of such a request is forwarded.
+2. auth: the request must carry `Authorization: Executor <identity> <mac>` proving the shared
+   secret (executor.proxyauth), on every path, pings included. Without a valid one the answer
+   is 401 (saying whether the credential was missing, malformed or wrong), the connection is
+   closed and nothing else about the request is looked at. The credential is never forwarded
+   and never written to the audit log, whose lines name the authenticated identity instead.
+3. the route, its query and, for a create, the body (rules.py, executor.policy.check_create:
+   among much else the worker label must be the client's own identity).
+4. ownership: a container named in the path must be one of ours (ownership.py).
+5. creator: only the identity whose create the proxy saw return a container may start it or
+   attach to it, and it may attach only once (a second attach, its own too, is 403). A
+   container the proxy did not see created can never be started or attached. Wait, kill,
+   inspect, stats and remove stay open to every authenticated worker (reapers remove the
+   containers of workers that died).
+6. uid: a create whose uid a living sandbox of ours already runs as, or another create in
+   flight asks for, is refused with 409 naming the uid; the worker then draws another.
+
+A connection idle for PROXY_IDLE_TIMEOUT seconds between requests is closed, and past
+PROXY_MAX_CONNECTIONS client connections a new one is answered 503 and closed. A spliced
+attach has no idle limit: a program may run silently for its whole timeout.
 
 Each client connection gets at most one engine connection: on its first allowed request it takes
 the spare one opened ahead (or opens one), and reuses it for the requests that follow on the same
-kept-alive connection. Every request is
-decided on its own, and only a head of the proxy's own making goes to the engine: the method,
+kept-alive connection. Only a head of the proxy's own making goes to the engine: the method,
 the checked target, Host, User-Agent and the few headers an allowed endpoint needs. Answers go
 back as they arrive, never held whole, except the small answer to a create, read first so the
-new id is known before the client can use it.
+new id (and its creator) is known before the client can use it.
 """
 
 from __future__ import annotations
@@ -15,12 +39,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import re
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import replace
+from typing import Any
+from urllib.parse import quote
 
 from executor.config import Settings
-from executor.policy import Rules, check_create
+from executor.policy import SANDBOX_LABEL_FILTER, WORKER_ID, Rules, check_create, sandbox_uid
 from executor.proxy import strictjson
 from executor.proxy.audit import AuditLog
 from executor.proxy.http import (
@@ -40,6 +69,7 @@ from executor.proxy.http import (
 from executor.proxy.ownership import Ownership, Verdict
 from executor.proxy.rules import Decision, Router
 from executor.proxy.upstream import Connection, Spare, Upstream, UpstreamUnreachable
+from executor.proxyauth import SCHEME, ensure_secret, verify
 
 log = logging.getLogger("executor.proxy")
 
@@ -49,6 +79,12 @@ CREATE_RESPONSE_MAX = 64 * 1024
 BODY_TIMEOUT = 30.0  # seconds for a create body to arrive once its head has
 SPLICE_GRACE = 60.0  # seconds the client may keep sending after the engine ended its side
 VIOLATIONS_SHOWN = 8
+SEED_RETRY = 5.0  # seconds between attempts to read the engine's containers at start
+LINGER = 1.0  # seconds a turned-away connection may still send before it is closed
+LINGER_BYTES = 64 * 1024
+TURNED_AWAY_EVERY = 1.0  # seconds between audit lines about turned-away connections
+CREATOR_RULES = frozenset({"container-start", "container-attach"})
+_MAC = re.compile(r"[0-9a-f]{64}")
 
 
 class Proxy:
@@ -58,26 +94,138 @@ class Proxy:
         self.upstream = Upstream.parse(settings.proxy_upstream)
         self.spare = Spare(self.upstream)
         self.policy = Rules.from_settings(settings)
+        self.secret = ensure_secret(settings)
         self.router = Router(self.policy)
-        self.ownership = Ownership(self._lookup)
+        self.ownership = Ownership(self._lookup, self._list_ours)
         self.audit = audit
         self.api_version = settings.docker_api_version
+        self.head_timeout = settings.proxy_head_timeout
+        self.idle_timeout = settings.proxy_idle_timeout
+        self.max_connections = settings.proxy_max_connections
+        self.creating: set[int] = set()  # the uids of creates sent to the engine, not answered
         # asyncio holds a stream's reader only weakly: once a client half-closes, nothing but
         # this set keeps its connection (and a splice waiting on the engine) from the collector.
         self._connections: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._syncing: asyncio.Task[None] | None = None
+        self._lingering = 0
+        self._turned_away = 0  # since the last audit line about it
+        self._turned_away_logged = -math.inf
 
     async def _lookup(self, container: str) -> tuple[int, object]:
         return await self.upstream.get_json(f"/v{self.api_version}/containers/{container}/json")
 
+    async def _list_ours(self) -> tuple[int, object]:
+        filters = quote(json.dumps({"label": [SANDBOX_LABEL_FILTER]}, separators=(",", ":")))
+        return await self.upstream.get_json(
+            f"/v{self.api_version}/containers/json?all=1&filters={filters}"
+        )
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def start(self) -> None:
+        """Read the engine's list of our containers in the background (call in the loop).
+
+        An engine that is down at start is asked again every SEED_RETRY seconds; a create
+        that comes first reads the list itself (or answers 502).
+        """
+        self._spawn(self._seed())
+
+    async def _seed(self) -> None:
+        while not self.ownership.synced:
+            try:
+                await self.ownership.sync(first=True)
+            except Exception as e:  # noqa: BLE001 - the engine may be down or odd: ask again
+                log.warning(
+                    "cannot read the engine's sandboxes yet (%s); trying again in %gs",
+                    e,
+                    SEED_RETRY,
+                )
+                await asyncio.sleep(SEED_RETRY)
+        log.info("the engine holds %d sandboxes of ours", len(self.ownership))
+
+    def sync_later(self) -> None:
+        """Prune the map against the engine's list, in the background, one pass at a time."""
+        if self._syncing is None or self._syncing.done():
+            self._syncing = self._spawn(self._sync_quietly())
+
+    async def _sync_quietly(self) -> None:
+        try:
+            await self.ownership.sync()
+        except Exception as e:  # noqa: BLE001 - the next create that grows the map tries again
+            log.warning("cannot prune the sandbox map: %s", e)
+
+    async def uid_holder(self, uid: int) -> str | None:
+        """A container of ours not yet removed that runs as `uid`, or None.
+
+        The map names the candidates; each is checked with the engine, since a container that
+        removed itself (AutoRemove) is still in the map. Raises UpstreamUnreachable.
+        """
+        for container in self.ownership.holders(uid):
+            status, _ = await self._lookup(container)
+            if status == 404:
+                self.ownership.forget(container)
+                continue
+            return container  # anything but "no such container" counts as held
+        return None
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one client connection until it closes or a request ends it."""
+        if len(self._connections) >= self.max_connections:
+            await self._turn_away(reader, writer)
+            return
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
         try:
             await _Connection(self, reader, writer).run()
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping (asyncio would log a cancelled handler as an error)
         finally:
             self._connections.discard(task)
+
+    async def _turn_away(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """503 to a connection past the limit; then a moment to read it, so the client is not
+        sent a reset (which could destroy the answer) for a request already on its way."""
+        message = (
+            f"executor-proxy refused the connection: connections: {self.max_connections} "
+            "client connections are open already (PROXY_MAX_CONNECTIONS)"
+        )
+        self._turned_away += 1
+        now = time.monotonic()
+        if now - self._turned_away_logged >= TURNED_AWAY_EVERY:
+            peer = writer.get_extra_info("peername")
+            self.audit.record(
+                client=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix",
+                method="",
+                path="",
+                allowed=False,
+                rule="connections",
+                status=503,
+                reason=f"{self.max_connections} client connections open already; "
+                f"{self._turned_away} connection(s) turned away since the last such line",
+            )
+            self._turned_away, self._turned_away_logged = 0, now
+        linger = self._lingering < self.max_connections
+        self._lingering += linger
+        try:
+            writer.write(error_response(503, message, close=True))
+            if linger:
+                with contextlib.suppress(OSError, TimeoutError):
+                    await writer.drain()
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                    async with asyncio.timeout(LINGER):
+                        left = LINGER_BYTES
+                        while left > 0 and (data := await reader.read(min(left, CHUNK))):
+                            left -= len(data)
+        finally:
+            self._lingering -= linger
+            writer.close()
 
 
 class _Connection:
@@ -88,6 +236,7 @@ class _Connection:
         self.reader = reader
         self.writer = writer
         self.up: Connection | None = None
+        self.identity = ""  # the authenticated worker of the request being served
         peer = writer.get_extra_info("peername")
         self.client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         sock = writer.get_extra_info("socket")
@@ -110,10 +259,15 @@ class _Connection:
 
     async def _serve_one(self) -> bool:
         """Serve one request; whether the connection stays open for another."""
+        self.identity = ""
         try:
-            head = await read_head(self.reader)
+            head = await read_head(
+                self.reader,
+                idle_timeout=self.proxy.idle_timeout,
+                head_timeout=self.proxy.head_timeout,
+            )
         except HTTPError as e:
-            return await self._malformed(e, b"")
+            return await self._malformed(e, e.line)
         if not head:
             return False
         started = time.perf_counter()
@@ -122,16 +276,27 @@ class _Connection:
         except HTTPError as e:
             return await self._malformed(e, head)
 
+        identity, why = authenticate(self.proxy.secret, request.headers.get("authorization"))
+        if identity is None:
+            return await self._refuse(
+                request,
+                Decision("auth", why),
+                status=401,
+                close=True,
+                headers=(f"WWW-Authenticate: {SCHEME}",),
+            )
+        self.identity = identity
         decision = self.proxy.router.decide(request.method, request.path, request.query)
         if not decision.allowed:
             return await self._refuse(request, decision)
         assert decision.route is not None
         body = b""
+        uid: int | None = None
         if decision.route.body:
             checked = await self._read_create_body(request, decision)
             if isinstance(checked, bool):
                 return checked
-            body = checked
+            body, uid = checked
         elif request.content_length:
             why = "this endpoint takes no request body"
             return await self._refuse(request, replace(decision, reason=why))
@@ -145,10 +310,50 @@ class _Connection:
                 return await self._refuse(request, replace(decision, reason=f"ownership: {why}"))
             if verdict is Verdict.MISSING:
                 return await self._missing(request, decision)
+            if decision.rule in CREATOR_RULES:
+                attach = decision.rule == "container-attach"
+                why = self.proxy.ownership.claim(decision.container, identity, attach=attach)
+                if why:
+                    return await self._refuse(request, replace(decision, reason=f"creator: {why}"))
+        if uid is not None:
+            return await self._create(request, decision, body, uid, started)
         return await self._forward(request, decision, body, started)
 
-    async def _read_create_body(self, request: Request, decision: Decision) -> bytes | bool:
-        """The create body once strict JSON and a proper sandbox; else the refusal's outcome."""
+    async def _create(
+        self, request: Request, decision: Decision, body: bytes, uid: int, started: float
+    ) -> bool:
+        """Forward a checked create unless a living sandbox (or a create in flight) has its uid."""
+        proxy = self.proxy
+        try:
+            await proxy.ownership.ready()
+        except UpstreamUnreachable as e:
+            cause = f"cannot list its sandboxes: {e}"
+            return await self._unreachable(request, decision, cause, started)
+        if uid in proxy.creating:
+            why = f"uid: uid {uid} is being given to a sandbox by another create; draw another"
+            return await self._refuse(request, replace(decision, reason=why), status=409, read=True)
+        proxy.creating.add(uid)
+        try:
+            try:
+                holder = await proxy.uid_holder(uid)
+            except UpstreamUnreachable as e:
+                return await self._unreachable(request, decision, str(e), started)
+            if holder is not None:
+                why = (
+                    f"uid: uid {uid} is held by a living sandbox (container {holder[:12]}); "
+                    "draw another"
+                )
+                refusal = replace(decision, reason=why)
+                return await self._refuse(request, refusal, status=409, read=True)
+            return await self._forward(request, decision, body, started, uid=uid)
+        finally:
+            proxy.creating.discard(uid)
+
+    async def _read_create_body(
+        self, request: Request, decision: Decision
+    ) -> tuple[bytes, int] | bool:
+        """The create body and its uid once strict JSON and a proper sandbox of this client;
+        else the refusal's outcome."""
         ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype != "application/json":
             why = "body: Content-Type must be application/json"
@@ -168,14 +373,17 @@ class _Connection:
             value = strictjson.loads(body, max_bytes=CREATE_BODY_MAX)
         except strictjson.StrictJSONError as e:
             return await self._refuse(request, replace(decision, reason=f"body: {e}"), read=True)
-        problems = check_create(value, self.proxy.policy)
+        problems = check_create(value, self.proxy.policy, self.identity)
         if problems:
             shown = "; ".join(problems[:VIOLATIONS_SHOWN])
             if len(problems) > VIOLATIONS_SHOWN:
                 shown += f"; and {len(problems) - VIOLATIONS_SHOWN} more"
             why = f"policy: {shown}"
             return await self._refuse(request, replace(decision, reason=why), read=True)
-        return body
+        # check_create accepted it, so its Cmd names a uid inside the range.
+        uid = sandbox_uid(value)
+        assert uid is not None
+        return body, uid
 
     # -- forwarding ------------------------------------------------------------------------
 
@@ -216,7 +424,13 @@ class _Connection:
             self.up = None
 
     async def _forward(
-        self, request: Request, decision: Decision, body: bytes, started: float
+        self,
+        request: Request,
+        decision: Decision,
+        body: bytes,
+        started: float,
+        *,
+        uid: int | None = None,
     ) -> bool:
         assert decision.route is not None
         head = self._upstream_head(request, decision, body) + body
@@ -255,6 +469,11 @@ class _Connection:
                 return await self._unreachable(request, decision, cause, started)
 
         ms = (time.perf_counter() - started) * 1000  # to the engine's answer head
+        if decision.container is not None and (
+            response.status == 404
+            or (decision.rule == "container-remove" and 200 <= response.status < 300)
+        ):
+            self.proxy.ownership.forget(decision.container)  # gone: its uid is free
 
         if decision.route.upgrade and (
             response.framing is Framing.UPGRADE
@@ -274,8 +493,10 @@ class _Connection:
         if decision.rule == "container-create" and response.status == 201:
             wire, payload = await read_body(up_reader, response, CREATE_RESPONSE_MAX)
             created = _created_id(payload)
-            if created is not None:
-                self.proxy.ownership.add(created)  # known before the client can use it
+            if created is not None:  # known, with its creator, before the client can use it
+                self.proxy.ownership.created(created, self.identity, uid)
+                if self.proxy.ownership.wants_sync():
+                    self.proxy.sync_later()
             self.writer.write(response.head + wire)
             self._audit(
                 request, decision, allowed=True, status=response.status, ms=ms, container=created
@@ -311,6 +532,7 @@ class _Connection:
         """One audit line for a decision about `request`."""
         self.proxy.audit.record(
             client=self.client,
+            identity=self.identity or None,
             method=request.method,
             path=request.path,
             allowed=allowed,
@@ -323,16 +545,30 @@ class _Connection:
         )
 
     async def _refuse(
-        self, request: Request, decision: Decision, *, status: int = 403, read: bool = False
+        self,
+        request: Request,
+        decision: Decision,
+        *,
+        status: int = 403,
+        read: bool = False,
+        close: bool = False,
+        headers: tuple[str, ...] = (),
     ) -> bool:
-        """Answer a refusal; the connection stays open only when no unread body is left."""
-        keep = not request.close and (read or request.content_length == 0)
+        """Answer a refusal; the connection stays open only when no unread body is left (and
+        the caller did not ask to close it). An answer to HEAD has a body all the same (it
+        carries the reason), so the connection closes after it: nothing can be misframed."""
+        keep = (
+            not close
+            and not request.close
+            and request.method != "HEAD"
+            and (read or request.content_length == 0)
+        )
         message = (
             f"executor-proxy refused {request.method} {request.path}: "
             f"{decision.rule}: {decision.reason}"
         )
         self._audit(request, decision, allowed=False, status=status, reason=decision.reason)
-        self.writer.write(error_response(status, message, close=not keep))
+        self.writer.write(error_response(status, message, close=not keep, headers=headers))
         await self.writer.drain()
         return keep
 
@@ -342,9 +578,10 @@ class _Connection:
         self._audit(
             request, decision, allowed=False, status=404, reason="ownership: no such container"
         )
-        self.writer.write(error_response(404, reason, close=request.close))
+        keep = not request.close and request.method != "HEAD"
+        self.writer.write(error_response(404, reason, close=not keep))
         await self.writer.drain()
-        return not request.close
+        return keep
 
     async def _unreachable(
         self, request: Request, decision: Decision, cause: str, started: float
@@ -357,6 +594,7 @@ class _Connection:
         return False
 
     async def _malformed(self, error: HTTPError, head: bytes) -> bool:
+        """Answer a head that cannot be read (only its request line is looked at) and close."""
         method, _, rest = head.partition(b"\r\n")[0].decode("ascii", "replace").partition(" ")
         path = rest.partition(" ")[0].partition("?")[0][:200]
         shown = f"{method[:16] or '-'} {path or '-'}"
@@ -373,6 +611,27 @@ class _Connection:
         self.writer.write(error_response(error.status, message, close=True))
         await self.writer.drain()
         return False
+
+
+def authenticate(secret: bytes, value: str | None) -> tuple[str | None, str]:
+    """(the identity `value` proves, "") or (None, why not, without echoing any of it)."""
+    identity = verify(secret, value)
+    if identity is not None:
+        return identity, ""
+    expected = f"Authorization: {SCHEME} <identity> <hex HMAC-SHA256(secret, identity)>"
+    if not value:
+        return None, f"no credential: every request must carry {expected}"
+    parts = value.split(" ")
+    if len(parts) != 3 or parts[0] != SCHEME:
+        return None, f"malformed credential: expected {expected}"
+    if WORKER_ID.fullmatch(parts[1]) is None:
+        return None, "malformed credential: the identity is not instance:pid:hex8"
+    if _MAC.fullmatch(parts[2]) is None:
+        return None, "malformed credential: the MAC is not 64 lower-case hex digits"
+    return None, (
+        "wrong credential: its MAC does not prove the shared secret for its identity "
+        "(EXECUTOR_PROXY_TOKEN differs from the proxy's?)"
+    )
 
 
 def _keepalive(sock: socket.socket) -> None:

@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
+import proxy_helpers
 import pytest
 
 from executor.config import Settings
 from executor.policy import Rules
+
+
+@pytest.fixture(scope="session", autouse=True)
+def proxy_secret(pytestconfig: pytest.Config) -> bytes:
+    """The secret of the session's proxy, for the helpers' credentials.
+
+    It is the PROXY_TOKEN of tests/conftest.py as pytest loaded it: `import tests.conftest`
+    runs that file again as another module, with another random token.
+    """
+    root_conftest = Path(__file__).resolve().parent.parent / "conftest.py"
+    for plugin in pytestconfig.pluginmanager.get_plugins():
+        if getattr(plugin, "__file__", None) == str(root_conftest):
+            proxy_helpers.SECRET = str(plugin.PROXY_TOKEN).encode()
+            return proxy_helpers.SECRET
+    raise RuntimeError(f"{root_conftest} is not loaded: no secret for the session's proxy")
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +55,16 @@ def image(proxy_settings: Settings, raw_docker: docker.DockerClient) -> str:
 
 @pytest.fixture
 def api(proxy: dict[str, str]) -> Iterator[docker.APIClient]:
-    """docker-py's low-level client through the proxy, as the worker uses it."""
-    client = docker.APIClient(base_url=proxy["docker_host"], version="1.41", timeout=30)
+    """docker-py's low-level client through the proxy, as the worker uses it (credential and
+    all: the identity proxy_helpers.WORKER)."""
+    client = proxy_helpers.client(proxy["docker_host"])
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def other_api(proxy: dict[str, str]) -> Iterator[docker.APIClient]:
+    """The same, as another worker (proxy_helpers.OTHER) of the same secret."""
+    client = proxy_helpers.client(proxy["docker_host"], proxy_helpers.OTHER)
     yield client
     client.close()

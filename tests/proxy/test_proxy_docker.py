@@ -6,7 +6,6 @@ unchanged (containers, networks, volumes, and the target container's own state).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
@@ -22,115 +21,45 @@ import docker
 import pytest
 from proxy_helpers import (
     API,
+    CID,
+    OTHER,
     WORKER,
-    Answer,
+    FakeEngine,
     Wire,
+    address,
+    attach_request,
+    audit_lines,
+    audit_size,
+    client,
     daemon_state,
+    demux,
     exchange,
+    force_remove,
+    gone,
+    own_proxy,
+    read_until,
+    refused,
+    remove_via,
     request,
+    runner_request,
     sandbox_body,
 )
 
-from executor.config import MIB, Settings
-from executor.languages import languages
-from executor.models import RunRequest
-from executor.policy import LABEL_EXECUTION, LABEL_SANDBOX, SANDBOX_LABEL_FILTER, Rules
-from executor.sandbox import default_limits, encode_request
-from tests.conftest import proxy_process
+from executor.config import MIB
+from executor.policy import (
+    LABEL_EXECUTION,
+    LABEL_PROFILE,
+    LABEL_SANDBOX,
+    LABEL_WORKER,
+    SANDBOX_LABEL_FILTER,
+    Rules,
+    profile_name,
+)
 
 pytestmark = pytest.mark.docker
 
 Body = dict[str, Any]
-
-
-def refused(answer: Answer, rule: str, why: str = "") -> None:
-    assert answer.status == 403, answer
-    assert answer.message.startswith("executor-proxy refused "), answer.message
-    assert f": {rule}: " in answer.message, answer.message
-    assert why in answer.message, answer.message
-
-
-def gone(raw_docker: docker.DockerClient, container: str, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            raw_docker.api.inspect_container(container)
-        except docker.errors.NotFound:
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def force_remove(raw_docker: docker.DockerClient, container: str) -> None:
-    with contextlib.suppress(docker.errors.APIError):  # gone already (AutoRemove)
-        raw_docker.api.remove_container(container, force=True)
-
-
-def _remove(api: docker.APIClient, container: str) -> int:
-    """Remove through the proxy; the engine's status (allowed: never 403)."""
-    try:
-        api.remove_container(container, force=True)
-    except docker.errors.APIError as e:
-        return int(e.status_code)
-    return 204
-
-
-def demux(data: bytes) -> dict[int, bytes]:
-    """The streams of Docker's multiplexed attach output (complete frames only)."""
-    streams: dict[int, bytes] = {1: b"", 2: b""}
-    while len(data) >= 8:
-        size = int.from_bytes(data[4:8], "big")
-        if len(data) < 8 + size:
-            break
-        streams[data[0]] = streams.get(data[0], b"") + data[8 : 8 + size]
-        data = data[8 + size :]
-    return streams
-
-
-def runner_request(code: str) -> bytes:
-    """One request for the sandbox's runner, encoded as the worker encodes it."""
-    settings = Settings()
-    request = RunRequest(code=code, limits=default_limits(settings))
-    return encode_request(request, languages(settings)["python"], 65536)
-
-
-def attach_request(container: str) -> bytes:
-    """The hijacked attach exactly as executor/engine.py sends it."""
-    return (
-        f"POST {API}/containers/{container}/attach?stdin=1&stdout=1&stderr=1&stream=1 HTTP/1.1\r\n"
-        "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
-
-
-def read_until(sock: socket.socket, done: Callable[[bytes], bool], timeout: float) -> bytes:
-    """Read until done(all bytes so far) or end of stream; fails past the timeout."""
-    data = b""
-    deadline = time.monotonic() + timeout
-    while not done(data):
-        sock.settimeout(max(0.01, deadline - time.monotonic()))
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def _address(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("http://").split(":")
-    return host, int(port)
-
-
-def audit_lines(
-    proxy: dict[str, str], until: Callable[[list[dict[str, Any]]], bool] = lambda lines: True
-) -> list[dict[str, Any]]:
-    """The audit log's lines, once `until` holds for them (a small answer goes out before its
-    line is written, so a line may trail its answer by a moment)."""
-    deadline = time.monotonic() + 5
-    while True:
-        lines = [json.loads(line) for line in Path(proxy["audit"]).read_text().splitlines()]
-        if until(lines) or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.01)
+PROFILE = profile_name("python", 64, 0.25)  # sandbox_body's
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +68,9 @@ def ours(
 ) -> Iterator[dict[str, str]]:
     """A sandbox created through the proxy and left in the created state: {"id", "execution"}."""
     execution = str(uuid.uuid4())
-    client = docker.APIClient(base_url=proxy["docker_host"], version="1.41", timeout=30)
-    created = client.create_container_from_config(sandbox_body(rules, image, execution=execution))
-    client.close()
+    worker = client(proxy["docker_host"])
+    created = worker.create_container_from_config(sandbox_body(rules, image, execution=execution))
+    worker.close()
     try:
         yield {"id": created["Id"], "execution": execution}
     finally:
@@ -182,7 +111,7 @@ def test_sandbox_lifecycle_through_the_proxy(
         assert seen["HostConfig"]["ReadonlyRootfs"] is True
         assert api.inspect_container(container)["Id"] == container
 
-        with socket.create_connection(_address(proxy["url"])) as sock:
+        with socket.create_connection(address(proxy["url"])) as sock:
             sock.sendall(attach_request(container))
             head = read_until(sock, lambda d: b"\r\n\r\n" in d, 10)
             assert head.startswith(b"HTTP/1.1 101 "), head
@@ -206,7 +135,7 @@ def test_sandbox_lifecycle_through_the_proxy(
             read_until(sock, lambda d: False, 15)  # returns only at end of stream
 
         assert isinstance(api.wait(container, timeout=30)["StatusCode"], int)
-        assert _remove(api, container) in (204, 404, 409)  # AutoRemove may be first
+        assert remove_via(api, container) in (204, 404, 409)  # AutoRemove may be first
         assert gone(raw_docker, container)
     finally:
         force_remove(raw_docker, container)
@@ -241,7 +170,7 @@ def test_wait_then_kill_then_remove(
     container = api.create_container_from_config(sandbox_body(rules, image))["Id"]
     try:
         api.start(container)  # the runner waits on its open stdin
-        with socket.create_connection(_address(proxy["url"]), timeout=30) as waiter:
+        with socket.create_connection(address(proxy["url"]), timeout=30) as waiter:
             # The engine answers the wait's head once it is waiting: then kill.
             waiter.sendall(request("POST", f"{API}/containers/{container}/wait"))
             head = read_until(waiter, lambda d: b"\r\n\r\n" in d, 10)
@@ -249,7 +178,7 @@ def test_wait_then_kill_then_remove(
             api.kill(container, signal="SIGKILL")
             answer = head + read_until(waiter, lambda d: b"}" in d, 30)
         assert b'"StatusCode":137' in answer
-        assert _remove(api, container) in (204, 404, 409)  # AutoRemove may be first
+        assert remove_via(api, container) in (204, 404, 409)  # AutoRemove may be first
         assert gone(raw_docker, container)
     finally:
         force_remove(raw_docker, container)
@@ -368,11 +297,19 @@ CREATE_VIOLATIONS: list[tuple[str, Callable[[Body], None], str]] = [
         "HostConfig.SecurityOpt",
     ),
     ("runtime", _set(HC, "Runtime", value="kata"), "runtime 'kata' is not allowed"),
-    ("user-root", _set("User", value="root"), "body.User"),
+    # The runner starts as root with three capabilities, never as anything else.
+    ("user-root-name", _set("User", value="root"), "body.User"),
     ("user-0", _set("User", value="0"), "body.User"),
-    ("user-0-0", _set("User", value="0:0"), "body.User"),
+    ("user-sandbox", _set("User", value="10001:10001"), "body.User"),
     ("user-empty", _set("User", value=""), "body.User"),
     ("user-absent", _drop("User"), "body.User"),
+    (
+        "cap-add-more",
+        _set(HC, "CapAdd", value=["CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SYS_ADMIN"]),
+        "HostConfig.CapAdd",
+    ),
+    ("cap-add-all", _set(HC, "CapAdd", value=["ALL"]), "HostConfig.CapAdd"),
+    ("cap-add-absent", _drop(HC, "CapAdd"), "HostConfig.CapAdd"),
     ("memory-0", _set(HC, "Memory", value=0), "memory must be"),
     ("memory-over-max", _too_much_memory, "memory must be"),
     ("memory-swap-unlimited", _set(HC, "MemorySwap", value=-1), "HostConfig.MemorySwap"),
@@ -393,11 +330,30 @@ CREATE_VIOLATIONS: list[tuple[str, Callable[[Body], None], str]] = [
         "HostConfig.RestartPolicy",
     ),
     ("sysctls", _set(HC, "Sysctls", value={"kernel.shm_rmid_forced": "1"}), "HostConfig.Sysctls"),
-    ("labels-not-ours", _set("Labels", value={"owner": "someone"}), "body.Labels"),
+    ("labels-not-ours", _set("Labels", value={"owner": "someone"}), "own identity"),
     ("labels-no-sandbox", _drop("Labels", LABEL_SANDBOX), "body.Labels"),
     ("labels-sandbox-0", _set("Labels", LABEL_SANDBOX, value="0"), "body.Labels"),
     ("labels-extra", _set("Labels", "com.example.extra", value="1"), "body.Labels"),
     ("labels-list", _set("Labels", value=[SANDBOX_LABEL_FILTER]), "Labels must be"),
+    # Label values: the worker label is the client's own identity; every value whole (a `$`
+    # anchor would let a trailing newline through).
+    ("worker-label-another", _set("Labels", LABEL_WORKER, value=OTHER), "own identity"),
+    ("worker-label-not-an-identity", _set("Labels", LABEL_WORKER, value="proxy-test"), "own"),
+    ("worker-label-newline", _set("Labels", LABEL_WORKER, value=WORKER + "\n"), "own identity"),
+    ("worker-label-absent", _drop("Labels", LABEL_WORKER), "own identity"),
+    ("execution-label-newline", _set("Labels", LABEL_EXECUTION, value="x\n"), "must match"),
+    ("execution-label-space", _set("Labels", LABEL_EXECUTION, value="a b"), "must match"),
+    ("profile-label-newline", _set("Labels", LABEL_PROFILE, value=PROFILE + "\n"), "profile"),
+    ("profile-label-other", _set("Labels", LABEL_PROFILE, value="python-1m-1cpu"), "profile"),
+    # The program's uid (the runner's one argument): its own per sandbox, within the range.
+    ("uid-below-range", _set("Cmd", value=["10001"]), "Cmd must be [uid]"),
+    ("uid-above-range", _set("Cmd", value=["4000000000"]), "Cmd must be [uid]"),
+    ("uid-root", _set("Cmd", value=["0"]), "Cmd must be [uid]"),
+    ("uid-two", _set("Cmd", value=["200001", "200002"]), "Cmd must be [uid]"),
+    ("uid-newline", _set("Cmd", value=["200001\n"]), "Cmd must be [uid]"),
+    ("uid-name", _set("Cmd", value=["nobody"]), "Cmd must be [uid]"),
+    ("uid-absent", _drop("Cmd"), "Cmd must be [uid]"),
+    ("uid-shell", _set("Cmd", value=["sh", "-c", "id"]), "Cmd must be [uid]"),
     ("readonly-off", _set(HC, "ReadonlyRootfs", value=False), "HostConfig.ReadonlyRootfs"),
     ("tmpfs-extra", _set(HC, "Tmpfs", "/run", value="rw"), "HostConfig.Tmpfs"),
     (
@@ -407,13 +363,13 @@ CREATE_VIOLATIONS: list[tuple[str, Callable[[Body], None], str]] = [
     ),
     ("image-other", _set("Image", value="alpine:latest"), "image 'alpine:latest'"),
     ("entrypoint", _set("Entrypoint", value=["/bin/sh"]), "body.Entrypoint"),
-    ("cmd", _set("Cmd", value=["-c", "id"]), "body.Cmd"),
+    ("cmd", _set("Cmd", value=["-c", "id"]), "Cmd must be [uid]"),
     ("env-ld-preload", _set("Env", value=["LD_PRELOAD=/tmp/x.so"]), "body.Env"),
     ("oom-kill-disable", _set(HC, "OomKillDisable", value=True), "HostConfig.OomKillDisable"),
     ("oom-score-adj", _set(HC, "OomScoreAdj", value=-1000), "HostConfig.OomScoreAdj"),
     ("cpus-over-max", _set(HC, "NanoCpus", value=4_000_000_000), "cpus must be"),
     ("ulimits", _set(HC, "Ulimits", value=[]), "HostConfig.Ulimits"),
-    ("init-off", _set(HC, "Init", value=False), "HostConfig.Init"),
+    ("init-on", _set(HC, "Init", value=True), "HostConfig.Init"),
     ("auto-remove-off", _set(HC, "AutoRemove", value=False), "HostConfig.AutoRemove"),
     ("shm-size", _set(HC, "ShmSize", value=8 * 1024 * MIB), "HostConfig.ShmSize"),
     ("cgroup-parent", _set(HC, "CgroupParent", value="/"), "HostConfig.CgroupParent"),
@@ -940,6 +896,7 @@ def test_each_kept_alive_request_is_checked_on_its_own(
 
 
 def test_audit_log_has_one_line_per_decision(proxy: dict[str, str], ours: dict[str, str]) -> None:
+    since = audit_size(proxy)
     with Wire(proxy["url"]) as wire:
         client = f"127.0.0.1:{wire.sock.getsockname()[1]}"
         wire.send(request("GET", f"{API}/_ping"))
@@ -955,7 +912,9 @@ def test_audit_log_has_one_line_per_decision(proxy: dict[str, str], ours: dict[s
         wire.send(request("GET", f"{API}/containers/{ours['id']}/json"))
         assert wire.answer().status == 200
 
-    lines = audit_lines(proxy, lambda ls: sum(x["client"] in (client, second) for x in ls) >= 4)
+    lines = audit_lines(
+        proxy, lambda ls: sum(x["client"] in (client, second) for x in ls) >= 4, since
+    )
     for line in lines:
         assert {"time", "method", "path", "decision", "rule", "container", "status"} <= set(line)
     mine = [line for line in lines if line["client"] in (client, second)]
@@ -980,13 +939,13 @@ def test_audit_log_has_one_line_per_decision(proxy: dict[str, str], ours: dict[s
 
 @pytest.mark.parametrize("upstream", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:9"])
 def test_unreachable_engine_is_502(upstream: str, tmp_path: Path) -> None:
-    with proxy_process(upstream, tmp_path / "audit.jsonl") as url:
+    with own_proxy(upstream, tmp_path / "audit.jsonl") as url:
         answer = exchange(url, request("GET", f"{API}/_ping"))
         assert answer.status == 502
         assert answer.message.startswith(f"Docker engine unreachable at {upstream}: ")
-        client = docker.APIClient(base_url=url.replace("http", "tcp"), version="1.41", timeout=10)
+        worker = client(url.replace("http", "tcp"))
         with pytest.raises(docker.errors.APIError) as caught:
-            client.ping()
+            worker.ping()
         assert caught.value.status_code == 502
         refused(exchange(url, request("GET", f"{API}/info")), "endpoint")  # still decided first
     (line, *_) = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
@@ -995,75 +954,30 @@ def test_unreachable_engine_is_502(upstream: str, tmp_path: Path) -> None:
 
 # -- hijacked streams, against a fake engine of our own ---------------------------------------
 
-CID = "c" * 64
-UPGRADED = (
-    b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.raw-stream\r\n"
-    b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
-)
+
+def create_fake(url: str, rules: Rules) -> None:
+    """Create CID through the proxy (on a FakeEngine), so this test worker may attach to it."""
+    body = json.dumps(sandbox_body(rules, next(iter(rules.images)))).encode()
+    answer = exchange(url, request("POST", f"{API}/containers/create", body))
+    assert answer.status == 201, answer
+    assert json.loads(answer.body)["Id"] == CID
 
 
-class FakeEngine:
-    """Answers an inspect (our label) and hijacks an attach: `echo` everything back and say
-    when our EOF arrived, or `close-first`: end its own side at once, then record what comes."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-        self.received = b""
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += conn.recv(4096)
-            if b"/attach" not in head.split(b"\r\n", 1)[0]:
-                body = json.dumps({"Id": CID, "Config": {"Labels": {LABEL_SANDBOX: "1"}}}).encode()
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
-                )
-                return
-            conn.sendall(UPGRADED)
-            if self.mode == "echo":
-                while data := conn.recv(1 << 16):
-                    conn.sendall(data)
-                conn.sendall(b"<EOF SEEN>")
-                conn.shutdown(socket.SHUT_WR)
-            else:
-                conn.sendall(b"hello")
-                conn.shutdown(socket.SHUT_WR)
-                while data := conn.recv(1 << 16):
-                    self.received += data
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-def _attached(url: str) -> tuple[socket.socket, bytes]:
-    sock = socket.create_connection(_address(url), timeout=10)
+def _attached(url: str, rules: Rules) -> tuple[socket.socket, bytes]:
+    create_fake(url, rules)
+    sock = socket.create_connection(address(url), timeout=10)
     sock.sendall(attach_request(CID))
     head = read_until(sock, lambda d: b"\r\n\r\n" in d, 10)
     assert head.startswith(b"HTTP/1.1 101 UPGRADED\r\n")
     return sock, head.split(b"\r\n\r\n", 1)[1]
 
 
-def test_attach_streams_both_ways_with_half_close(tmp_path: Path) -> None:
+def test_attach_streams_both_ways_with_half_close(tmp_path: Path, rules: Rules) -> None:
     engine = FakeEngine("echo")
     payload = os.urandom(16 * MIB)
     try:
-        with proxy_process(f"tcp://127.0.0.1:{engine.port}", tmp_path / "audit.jsonl") as url:
-            sock, received = _attached(url)
+        with own_proxy(f"tcp://127.0.0.1:{engine.port}", tmp_path / "audit.jsonl") as url:
+            sock, received = _attached(url, rules)
             with sock:
 
                 def send() -> None:
@@ -1083,11 +997,11 @@ def test_attach_streams_both_ways_with_half_close(tmp_path: Path) -> None:
         engine.close()
 
 
-def test_attach_passes_on_the_engines_half_close(tmp_path: Path) -> None:
+def test_attach_passes_on_the_engines_half_close(tmp_path: Path, rules: Rules) -> None:
     engine = FakeEngine("close-first")
     try:
-        with proxy_process(f"tcp://127.0.0.1:{engine.port}", tmp_path / "audit.jsonl") as url:
-            sock, received = _attached(url)
+        with own_proxy(f"tcp://127.0.0.1:{engine.port}", tmp_path / "audit.jsonl") as url:
+            sock, received = _attached(url, rules)
             with sock:
                 received += read_until(sock, lambda d: False, 10)  # the engine's EOF reaches us
                 assert received == b"hello"

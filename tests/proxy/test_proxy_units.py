@@ -14,14 +14,43 @@ import pytest
 import requests
 
 from executor.config import Settings
-from executor.policy import LABEL_SANDBOX, SANDBOX_LABEL_FILTER, Rules
+from executor.policy import LABEL_SANDBOX, SANDBOX_LABEL_FILTER, Rules, profile_name, sandbox_config
 from executor.proxy import strictjson
-from executor.proxy.http import HTTPError, QueryError, parse_query, parse_request, read_head
-from executor.proxy.ownership import Ownership, Verdict
+from executor.proxy.http import (
+    HTTPError,
+    QueryError,
+    error_response,
+    parse_query,
+    parse_request,
+    read_head,
+)
+from executor.proxy.ownership import SYNC_MIN, Ownership, Verdict
 from executor.proxy.rules import Router, normalize_image, path_problem
+from executor.proxy.upstream import UpstreamUnreachable
+from executor.proxyauth import credential, worker_identity
 
 CID = "a" * 64
 RULES = Rules.from_settings(Settings())  # images: executor-python:3.11
+TOKEN = "unit-test-secret"
+IDENTITY = worker_identity("proxy-unit")
+AUTH = f"Authorization: {credential(TOKEN.encode(), IDENTITY)}"
+
+
+def _body(uid: int = 200001) -> dict[str, Any]:
+    """A create body the policy accepts from IDENTITY."""
+    return sandbox_config(
+        image="executor-python:3.11",
+        memory_mb=64,
+        cpus=0.25,
+        pids=RULES.max_pids,
+        tmpfs_mb=16,
+        nofile=RULES.nofile,
+        runtime="",
+        uid=uid,
+        worker=IDENTITY,
+        execution="unit",
+        profile=profile_name("python", 64, 0.25),
+    )
 
 
 # -- strict JSON ---------------------------------------------------------------------------
@@ -594,9 +623,17 @@ async def _splice_after_gc(tmp_path: Any) -> bytes:
 
     async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
-        if b"/attach" not in head.split(b"\r\n", 1)[0]:
-            body = json.dumps({"Id": CID, "Config": {"Labels": {LABEL_SANDBOX: "1"}}}).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        line = head.split(b"\r\n", 1)[0]
+        if b"/attach" not in line:
+            if b"/containers/create" in line:
+                await reader.readexactly(parse_request(head).content_length)
+                status, value = b"201 Created", {"Id": CID}
+            elif b"/containers/json?" in line:
+                status, value = b"200 OK", []  # no sandboxes of ours yet
+            else:
+                status, value = b"200 OK", {"Id": CID, "Config": {"Labels": {LABEL_SANDBOX: "1"}}}
+            body = json.dumps(value).encode()
+            writer.write(b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n" % (status, len(body)) + body)
             await writer.drain()
             writer.close()
             return
@@ -608,17 +645,25 @@ async def _splice_after_gc(tmp_path: Any) -> bytes:
 
     engine_server = await asyncio.start_server(engine, "127.0.0.1", 0)
     engine_port = engine_server.sockets[0].getsockname()[1]
-    settings = Settings(proxy_upstream=f"tcp://127.0.0.1:{engine_port}")
+    settings = Settings(proxy_upstream=f"tcp://127.0.0.1:{engine_port}", proxy_token=TOKEN)
     audit = AuditLog(str(tmp_path / "audit.jsonl"))
-    proxy_server = await asyncio.start_server(
-        Proxy(settings, audit).handle, "127.0.0.1", 0, limit=CLIENT_LIMIT
-    )
+    proxy = Proxy(settings, audit)
+    proxy_server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0, limit=CLIENT_LIMIT)
     proxy_port = proxy_server.sockets[0].getsockname()[1]
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+        body = json.dumps(_body()).encode()
+        writer.write(
+            f"POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 201 ")
+        await reader.readuntil(b"}")
         writer.write(
             f"POST /v1.41/containers/{CID}/attach?stdin=1&stdout=1&stream=1 HTTP/1.1\r\n"
-            "Host: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n".encode()
+            f"Host: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n{AUTH}\r\n"
+            "Content-Length: 0\r\n\r\n".encode()
         )
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
         writer.write_eof()
@@ -665,10 +710,11 @@ async def _ping_through_stale_connections(tmp_path: Any) -> tuple[list[bytes], i
     engine_server = await asyncio.start_server(engine, "127.0.0.1", 0)
     engine_port = engine_server.sockets[0].getsockname()[1]
     audit = AuditLog(str(tmp_path / "audit.jsonl"))
-    proxy = Proxy(Settings(proxy_upstream=f"tcp://127.0.0.1:{engine_port}"), audit)
+    settings = Settings(proxy_upstream=f"tcp://127.0.0.1:{engine_port}", proxy_token=TOKEN)
+    proxy = Proxy(settings, audit)
     proxy_server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0, limit=CLIENT_LIMIT)
     proxy_port = proxy_server.sockets[0].getsockname()[1]
-    ping = b"GET /v1.41/_ping HTTP/1.1\r\nHost: x\r\n\r\n"
+    ping = f"GET /v1.41/_ping HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n\r\n".encode()
     answers = []
     try:
         first = await asyncio.open_connection("127.0.0.1", proxy_port)
@@ -768,9 +814,314 @@ def test_audit_lines_are_json_with_every_field(
     on_stderr = json.loads(capsys.readouterr().err)
     assert {**on_stderr, "time": None} == {**record, "time": None}
     assert set(record) == {
-        "time", "client", "method", "path", "decision", "rule", "container", "image", "status",
-        "reason", "ms",
+        "time", "client", "identity", "method", "path", "decision", "rule", "container", "image",
+        "status", "reason", "ms",
     }  # fmt: skip
     assert record["decision"] == "refused"
     assert len(record["path"]) == 256
     assert record["time"].endswith("+00:00")
+
+
+# -- the creator map and the uid index ---------------------------------------------------------
+
+C1, C2, C3, C4 = ("1" * 64, "2" * 64, "3" * 64, "4" * 64)
+OTHER_IDENTITY = worker_identity("proxy-unit-other")
+
+
+def test_only_the_creator_may_start_and_attach_once() -> None:
+    ownership = Ownership(FakeLookup(500, None))
+    ownership.created(CID, IDENTITY, 200001)
+    assert "only the worker that created" in ownership.claim(CID, OTHER_IDENTITY, attach=True)
+    assert "only the worker that created" in ownership.claim(CID, OTHER_IDENTITY, attach=False)
+    assert ownership.claim(CID, IDENTITY, attach=True) == ""  # the refusals used nothing up
+    assert "attached to once already" in ownership.claim(CID, IDENTITY, attach=True)
+    assert ownership.claim(CID, IDENTITY, attach=False) == ""  # start stays the creator's
+    assert ownership.claim(CID, IDENTITY, attach=False) == ""
+
+
+def test_containers_not_seen_created_have_no_creator() -> None:
+    lookup = FakeLookup(200, {"Id": C2, "Config": {"Labels": {LABEL_SANDBOX: "1"}}})
+    ownership = Ownership(lookup)
+    ownership.add(C1, 200001)
+    assert asyncio.run(ownership.check(C2)) is Verdict.OURS  # labelled, seen by a lookup
+    for container in (C1, C2, C3):  # C3: not known at all
+        for attach in (True, False):
+            why = ownership.claim(container, IDENTITY, attach=attach)
+            assert "was not created through this proxy" in why
+
+
+def test_a_labelled_container_looked_up_holds_its_uid() -> None:
+    body = {"Id": CID, "Config": {"Labels": {LABEL_SANDBOX: "1"}, "Cmd": ["200007"]}}
+    ownership = Ownership(FakeLookup(200, body))
+    assert asyncio.run(ownership.check(CID)) is Verdict.OURS
+    assert ownership.holders(200007) == [CID]
+
+
+def test_uid_holders_follow_creates_and_forgets() -> None:
+    ownership = Ownership(FakeLookup(500, None))
+    ownership.created(C1, IDENTITY, 200005)
+    ownership.created(C2, OTHER_IDENTITY, 200005)  # (the server refuses this; the map keeps both)
+    ownership.created(C3, IDENTITY, None)
+    assert ownership.holders(200005) == [C1, C2]
+    ownership.forget(C1)
+    assert ownership.holders(200005) == [C2]
+    ownership.forget(C2)
+    ownership.forget(C2)  # twice is fine
+    assert ownership.holders(200005) == []
+    assert not ownership.known(C1)
+    assert ownership.known(C3)
+
+
+def test_the_map_is_bounded_and_forgets_the_oldest_with_its_uid() -> None:
+    ownership = Ownership(FakeLookup(404, None), capacity=2)
+    for i, container in enumerate((C1, C2, C3)):
+        ownership.created(container, IDENTITY, 200000 + i)
+    assert len(ownership) == 2
+    assert not ownership.known(C1)
+    assert ownership.holders(200000) == []
+    assert ownership.holders(200002) == [C3]
+    assert "was not created" in ownership.claim(C1, IDENTITY, attach=True)
+
+
+def test_ownership_add_ignores_what_is_not_a_full_id() -> None:
+    ownership = Ownership(FakeLookup(404, None))
+    ownership.created("abc", IDENTITY, 200001)
+    ownership.add("A" * 64, 200001)
+    assert len(ownership) == 0
+    assert ownership.holders(200001) == []
+
+
+class FakeListing:
+    """Our own seam: the engine's list of our labelled containers (and a hook while it runs)."""
+
+    def __init__(self, status: int, body: Any, during: Any = None) -> None:
+        self.answer = (status, body)
+        self.during = during
+        self.calls = 0
+
+    async def __call__(self) -> tuple[int, Any]:
+        self.calls += 1
+        if self.during is not None:
+            self.during()
+        return self.answer
+
+
+def _listed(*containers: str, labelled: bool = True) -> list[dict[str, Any]]:
+    return [{"Id": c, "Labels": {LABEL_SANDBOX: "1"} if labelled else {}} for c in containers]
+
+
+class Inspects:
+    """Inspect answers by id: a uid each, 404 for the rest."""
+
+    def __init__(self, uids: dict[str, int]) -> None:
+        self.uids = uids
+
+    async def __call__(self, container: str) -> tuple[int, Any]:
+        if container not in self.uids:
+            return 404, {"message": "No such container"}
+        user = str(self.uids[container])
+        return 200, {"Id": container, "Config": {"Labels": {LABEL_SANDBOX: "1"}, "Cmd": [user]}}
+
+
+def test_sync_reads_the_engines_sandboxes_and_prunes_the_gone() -> None:
+    inspects = Inspects({C1: 200001, C2: 200002})
+    ownership: Ownership
+
+    def meanwhile() -> None:
+        ownership.created(C4, IDENTITY, 200004)  # created while the list was on its way
+
+    listing = FakeListing(200, [*_listed(C1, C2), *_listed(C3, labelled=False)], meanwhile)
+    ownership = Ownership(inspects, listing)
+    ownership.created(C3, IDENTITY, 200003)  # known, but the engine no longer lists it
+    assert not ownership.synced
+    asyncio.run(ownership.ready())
+    assert ownership.synced
+    assert ownership.holders(200001) == [C1]
+    assert ownership.holders(200002) == [C2]
+    assert not ownership.known(C3)
+    assert ownership.holders(200003) == []
+    assert ownership.known(C4)  # not listed, but newer than the list
+    assert "was not created" in ownership.claim(C1, IDENTITY, attach=False)
+    asyncio.run(ownership.ready())
+    assert listing.calls == 1  # read once; sync() reads again on demand
+
+
+def test_sync_with_the_engine_down_is_tried_again() -> None:
+    listing = FakeListing(500, {"message": "down"})
+    ownership = Ownership(Inspects({}), listing)
+    with pytest.raises(UpstreamUnreachable, match="500"):
+        asyncio.run(ownership.ready())
+    assert not ownership.synced
+    listing.answer = (200, [])
+    asyncio.run(ownership.ready())
+    assert ownership.synced
+    assert listing.calls == 2
+
+
+def test_sync_is_wanted_once_the_map_has_grown() -> None:
+    ownership = Ownership(Inspects({}), FakeListing(200, []))
+    for i in range(SYNC_MIN):
+        ownership.created(f"{i:064x}", IDENTITY, None)
+    assert not ownership.wants_sync()
+    ownership.created("f" * 64, IDENTITY, None)
+    assert ownership.wants_sync()
+    asyncio.run(ownership.sync())  # the engine has none of them
+    assert len(ownership) == 0
+    assert not ownership.wants_sync()
+
+
+# -- credentials -------------------------------------------------------------------------------
+
+_SECRET = TOKEN.encode()
+_MAC_OF = credential(_SECRET, IDENTITY).rsplit(" ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (None, "no credential"),
+        ("", "no credential"),
+        ("Bearer " + TOKEN, "malformed credential: expected Authorization: Executor"),
+        (f"Executor {IDENTITY}", "malformed credential: expected"),
+        (f"executor {IDENTITY} {_MAC_OF}", "malformed credential: expected"),
+        (f"Executor {IDENTITY} {_MAC_OF} more", "malformed credential: expected"),
+        (f"Executor  {IDENTITY} {_MAC_OF}", "malformed credential: expected"),
+        (f"Executor proxy-unit {_MAC_OF}", "the identity is not instance:pid:hex8"),
+        (f"Executor {IDENTITY}x {_MAC_OF}", "the identity is not instance:pid:hex8"),
+        (f"Executor {IDENTITY} {_MAC_OF.upper()}", "the MAC is not 64 lower-case hex"),
+        (f"Executor {IDENTITY} {_MAC_OF[:-1]}", "the MAC is not 64 lower-case hex"),
+        (credential(b"another secret", IDENTITY), "wrong credential"),
+        (f"Executor {OTHER_IDENTITY} {_MAC_OF}", "wrong credential"),  # IDENTITY's MAC
+    ],
+)
+def test_authenticate_says_why_without_echoing(value: str | None, why: str) -> None:
+    from executor.proxy.server import authenticate
+
+    identity, reason = authenticate(_SECRET, value)
+    assert identity is None
+    assert why in reason
+    assert _MAC_OF not in reason
+    assert TOKEN not in reason
+
+
+def test_authenticate_accepts_a_worker_credential() -> None:
+    from executor.proxy.server import authenticate
+
+    assert authenticate(_SECRET, credential(_SECRET, IDENTITY)) == (IDENTITY, "")
+
+
+def test_error_response_carries_extra_headers() -> None:
+    answer = error_response(401, "no", close=True, headers=("WWW-Authenticate: Executor",))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    assert b"\r\nWWW-Authenticate: Executor\r\n" in head
+    assert b"\r\nConnection: close" in head
+    assert json.loads(body) == {"message": "no"}
+
+
+# -- time limits on a request head -------------------------------------------------------------
+
+
+async def _timed_head(
+    chunks: list[tuple[float, bytes]], idle: float | None, head: float | None
+) -> tuple[bytes | HTTPError, float]:
+    """read_head over a stream fed `chunks` (delay, bytes); what it gave and how long it took."""
+    reader = asyncio.StreamReader(limit=64 * 1024)
+
+    async def feed() -> None:
+        for delay, data in chunks:
+            await asyncio.sleep(delay)
+            reader.feed_data(data)
+
+    feeder = asyncio.ensure_future(feed())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        result: bytes | HTTPError = await read_head(reader, idle_timeout=idle, head_timeout=head)
+    except HTTPError as e:
+        result = e
+    finally:
+        feeder.cancel()
+    return result, loop.time() - started
+
+
+PING = b"GET /v1.41/_ping HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_an_idle_connection_ends_like_a_closed_one() -> None:
+    result, took = asyncio.run(_timed_head([], idle=0.1, head=5))
+    assert result == b""
+    assert 0.09 <= took < 1
+
+
+def test_a_half_sent_head_is_408_after_the_head_timeout() -> None:
+    result, took = asyncio.run(_timed_head([(0, PING[:-2])], idle=5, head=0.1))
+    assert isinstance(result, HTTPError)
+    assert result.status == 408
+    assert "within 0.1s" in result.reason
+    assert result.line == b"GET /v1.41/_ping HTTP/1.1\r\n"  # the request line only
+    assert 0.09 <= took < 1
+
+
+def test_the_head_timer_runs_from_the_first_byte_not_the_last() -> None:
+    drip = [(0.03, PING[i : i + 1]) for i in range(len(PING) - 2)]  # one byte every 30 ms
+    result, took = asyncio.run(_timed_head(drip, idle=5, head=0.2))
+    assert isinstance(result, HTTPError)
+    assert result.status == 408
+    assert took < 0.5
+
+
+def test_a_head_on_time_is_read_after_a_long_idle() -> None:
+    result, took = asyncio.run(_timed_head([(0.2, PING[:10]), (0.02, PING[10:])], 1.0, 0.1))
+    assert result == PING
+    assert 0.2 <= took < 1
+
+
+def test_a_first_line_unfinished_shows_nothing() -> None:
+    result, _ = asyncio.run(_timed_head([(0, b"GET /v1.41/_pi")], idle=5, head=0.05))
+    assert isinstance(result, HTTPError)
+    assert (result.status, result.line) == (408, b"")
+
+
+# -- no `$` anchors: a trailing newline never passes --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "why"),
+    [
+        ("GET", "/v1.41/_ping\n", None, "characters outside"),
+        ("POST", "/v1.41/containers/create", "name=executor-a%0A", "name must match"),
+        ("POST", f"/v1.41/containers/{CID}/kill", "signal=KILL%0A", "signal must be"),
+        ("POST", f"/v1.41/containers/{CID}/kill", "signal=9%0A", "signal must be"),
+        ("GET", "/v1.41/containers/json", "limit=1%0A&" + _filters({}), "limit must be"),
+        ("DELETE", f"/v1.41/containers/{CID}", "force=1%0A", "0 or 1"),
+        ("POST", f"/v1.41/containers/{CID}/wait", "condition=removed%0A", "condition must be"),
+        ("POST", "/v1.41/images/create", "fromImage=executor-python&tag=3.11%0A", "not an allowed"),
+    ],
+)
+def test_a_trailing_newline_is_refused(method: str, path: str, query: str | None, why: str) -> None:
+    decision = Router(RULES).decide(method, path, query)
+    assert not decision.allowed
+    assert why in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("limits", "set_to"),
+    [
+        ((1024, 1 << 20), (2 * 1024 + 64, 1 << 20)),  # raised to what the connections need
+        ((1024, 1500), (1500, 1500)),  # as far as the hard limit allows
+        ((1 << 16, 1 << 20), None),  # enough already
+    ],
+)
+def test_the_proxy_raises_its_open_files_limit(
+    limits: tuple[int, int], set_to: tuple[int, int] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import resource
+
+    from executor.proxy.__main__ import raise_open_files
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda which: limits)
+    monkeypatch.setattr(resource, "setrlimit", lambda which, value: calls.append(value))
+    raise_open_files(1024)
+    assert calls == ([] if set_to is None else [set_to])

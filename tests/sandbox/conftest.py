@@ -33,6 +33,7 @@ def run(service: ExecutionService, raw_docker: docker.DockerClient) -> Iterator[
         request = RunRequest(code=code, limits=limits, files=files, **fields)
         return service.run(request, "00000000-0000-4000-8000-000000000000")
 
+    _run.settings = service.settings  # type: ignore[attr-defined]
     yield _run
     left = wait_gone(raw_docker, **{LABEL_WORKER: service.sandbox.owner})
     assert left == [], f"containers left behind: {left}"

@@ -16,7 +16,7 @@ from executor.config import Settings
 from executor.engine import Engine
 from executor.errors import DockerUnavailable, ImageUnavailable
 from executor.models import RunRequest
-from executor.policy import LABEL_EXECUTION, LABEL_SANDBOX, LABEL_WORKER
+from executor.policy import LABEL_EXECUTION, LABEL_SANDBOX, LABEL_WORKER, sandbox_config
 from executor.sandbox import default_limits
 from executor.service import ExecutionService
 from tests.conftest import DOCKER_SOCKET, ROOT, sandboxes, wait_gone
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.docker
 MIB = 1024 * 1024
 
 
-def test_every_container_is_hardened(service, raw_docker):
+def test_every_container_is_hardened(service, raw_docker, settings):
     language = service.languages["python"]
     container = service.sandbox.prepare(language, 128, 0.25, "11111111-1111-4111-8111-111111111111")
     try:
@@ -39,23 +39,39 @@ def test_every_container_is_hardened(service, raw_docker):
     assert host["Memory"] == 128 * MIB and host["MemorySwap"] == 128 * MIB
     assert host["NanoCpus"] == 250_000_000
     assert host["PidsLimit"] == 64
-    assert host["SecurityOpt"] == ["no-new-privileges"]
-    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    expected = sandbox_config(
+        image=language.image,
+        memory_mb=128,
+        cpus=0.25,
+        pids=64,
+        tmpfs_mb=100,
+        nofile=256,
+        runtime="",
+        uid=container.uid,
+        worker=service.sandbox.owner,
+        execution="",
+        profile="",
+    )
+    assert host["SecurityOpt"] == expected["HostConfig"]["SecurityOpt"]
+    assert host["SecurityOpt"][0] == "no-new-privileges"
+    assert host["CapDrop"] == ["ALL"]
     assert host["Privileged"] is False
     assert {u["Name"]: (u["Soft"], u["Hard"]) for u in host["Ulimits"]} == {
         "nofile": (256, 256),
         "core": (0, 0),
     }
-    assert host["Init"] is True
+    assert not host["Init"]  # the runner is PID 1
     assert host["LogConfig"]["Type"] == "none"
     assert not host["Binds"] and not attrs["Mounts"] and not host.get("VolumesFrom")
     assert not host.get("Devices") and host["PidMode"] == "" and host["IpcMode"] == "private"
-    assert config["User"] == "10001:10001"
+    # The runner starts as root with three capabilities; the program runs as the sandbox's uid.
+    first, last = settings.sandbox_uids
+    assert config["User"] == "0:0" and host["CapAdd"] == ["CAP_KILL", "CAP_SETGID", "CAP_SETUID"]
+    assert config["Cmd"] == [str(container.uid)] and first <= container.uid <= last
     labels = config["Labels"]
     assert labels[LABEL_SANDBOX] == "1"
     assert labels[LABEL_EXECUTION] == "11111111-1111-4111-8111-111111111111"
     assert labels[LABEL_WORKER] == service.sandbox.owner
-    assert config["Cmd"] is None or config["Cmd"] == []
     assert config["Entrypoint"] == ["python3", "/opt/executor/runner.pyc"]
 
 
@@ -82,7 +98,8 @@ def test_killed_worker_leaves_no_container(settings, raw_docker):
         from executor.models import RunRequest
         from executor.sandbox import default_limits
         from executor.service import ExecutionService
-        s = Settings.from_env({{"DOCKER_HOST": {settings.docker_host!r}, "HOSTNAME": "killed-worker"}})
+        s = Settings.from_env({{"DOCKER_HOST": {settings.docker_host!r}, "HOSTNAME": "killed-worker",
+                               "EXECUTOR_PROXY_TOKEN": {settings.proxy_token!r}}})
         svc = ExecutionService(s)
         svc.run(RunRequest(code="import time\\ntime.sleep(60)", limits=default_limits(s)), "x")
         """

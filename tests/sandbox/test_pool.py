@@ -119,6 +119,7 @@ def test_reaper_removes_containers_of_a_dead_worker(settings, raw_docker):
         tmpfs_mb=10,
         nofile=64,
         runtime="",
+        uid=settings.sandbox_uids[0],
         worker=dead_owner,
         execution="",
         profile="orphan",

@@ -106,12 +106,17 @@ def test_runs_as_non_root_without_capabilities(run):
     code = (
         "import os\n"
         "print(os.getuid(), os.getgid())\n"
-        "print([l for l in open('/proc/self/status') if l.startswith(('CapEff', 'CapBnd', 'NoNewPrivs'))])\n"
+        "print(os.getresuid(), os.getresgid(), os.getgroups())\n"
+        "print([l for l in open('/proc/self/status') if l.startswith(('Cap', 'NoNewPrivs'))])\n"
     )
     r = run(code)
-    uid_line, caps = r.stdout.splitlines()
-    assert uid_line == "10001 10001"
-    assert "CapEff:\\t0000000000000000" in caps and "CapBnd:\\t0000000000000000" in caps
+    uid_line, ids, caps = r.stdout.splitlines()
+    uid, gid = map(int, uid_line.split())
+    first, last = run.settings.sandbox_uids
+    assert uid == gid and first <= uid <= last
+    assert ids == f"{(uid, uid, uid)} {(gid, gid, gid)} []"
+    for kind in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert f"{kind}:\\t0000000000000000" in caps, caps
     assert "NoNewPrivs:\\t1" in caps
 
 

@@ -30,7 +30,7 @@ from werkzeug.serving import make_server
 from executor.config import Settings
 from executor.store import Store
 from executor.web import create_app
-from tests.conftest import REDIS_URL, ROOT, free_port, missing, wait_http
+from tests.conftest import PROXY_TOKEN, REDIS_URL, ROOT, free_port, missing, wait_http
 
 MAIN_DB = 15  # the main stack's database; scenarios use 14 and below
 
@@ -181,7 +181,13 @@ def main_logs(logdir: Path) -> Callable[[], str]:
 
 @pytest.fixture(scope="session")
 def base_settings(docker_host: str) -> Settings:
-    return Settings.from_env({"DOCKER_HOST": docker_host, "HOSTNAME": "pytest-inproc"})
+    return Settings.from_env(
+        {
+            "DOCKER_HOST": docker_host,
+            "HOSTNAME": "pytest-inproc",
+            "EXECUTOR_PROXY_TOKEN": PROXY_TOKEN,
+        }
+    )
 
 
 AppFactory = Callable[..., str]
