@@ -46,8 +46,15 @@ up: setup ## start proxy, worker and API in the background; returns once GET /he
 down: ## stop what `make up` (and the setup) started, nothing else
 	@$(SCRIPT_ENV) bash scripts/down.sh
 
-test: setup ## run the whole test suite (it starts its own worker, API and proxy)
+test: setup ## run the whole test suite (it starts its own worker, API and proxy), then the hostile suites under gVisor
 	REDIS_URL='$(REDIS_URL)' PYTHONPATH='$(CURDIR)' $(VENV)/bin/pytest $(PYTEST_ARGS)
+	@if DOCKER_HOST='$(PROXY_UPSTREAM)' docker info --format '{{json .Runtimes}}' | grep -q '"runsc"'; then \
+		echo "make test: the hostile suites again, every sandbox under runsc (gVisor)"; \
+		EXECUTOR_TEST_RUNTIME=runsc REDIS_URL='$(REDIS_URL)' PYTHONPATH='$(CURDIR)' \
+			$(VENV)/bin/pytest -m hostile tests/sandbox $(PYTEST_ARGS); \
+	else \
+		echo "make test: no runsc runtime on this engine; the gVisor pass is skipped"; \
+	fi
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .
