@@ -3,10 +3,12 @@
 Each round makes one sandbox the way the worker does (create from `policy.sandbox_config`, hijacked
 attach, start), sends a print(1) request to the runner, reads its reply, closes stdin, waits
 for the exit and removes the container. Rounds alternate between the engine's own socket and a
-`python -m executor.proxy` process started here, so both see the same machine. A container's
-start and exit vary by milliseconds, more than the proxy adds, so the steady parts are also
-timed on their own: create+attach+remove with nothing started, and GET /_ping (the cost of one
-plain API call, such as start or wait).
+`python -m executor.proxy` process started here, so both see the same machine. Through the
+proxy every call carries the worker's credential (a random secret shared with that proxy, and
+the Engine's identity from `executor.proxyauth.worker_identity`); every sandbox gets a uid of
+its own. A container's start and exit vary by milliseconds, more than the proxy adds, so the
+steady parts are also timed on their own: create+attach+remove with nothing started, and
+GET /_ping (the cost of one plain API call, such as start or wait).
 
     .venv/bin/python bench/proxy_latency.py [--rounds 30] [--pings 500]
 """
@@ -17,6 +19,7 @@ import argparse
 import contextlib
 import itertools
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -36,8 +39,10 @@ from executor.config import Settings  # noqa: E402
 from executor.engine import Engine  # noqa: E402
 from executor.languages import languages  # noqa: E402
 from executor.models import RunRequest  # noqa: E402
-from executor.policy import Rules, sandbox_config  # noqa: E402
-from executor.sandbox import default_limits, encode_request  # noqa: E402
+from executor.policy import Rules, profile_name, sandbox_config  # noqa: E402
+from executor.protocol import encode_request  # noqa: E402
+from executor.sandbox import default_limits  # noqa: E402
+from executor.uids import UidAllocator  # noqa: E402
 
 ENGINE = "unix:///var/run/docker.sock"
 API = "1.41"
@@ -49,12 +54,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_proxy(port: int, audit: Path) -> subprocess.Popen[bytes]:
+def start_proxy(port: int, audit: Path, token: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "PROXY_LISTEN": f"127.0.0.1:{port}",
         "PROXY_UPSTREAM": ENGINE,
         "PROXY_AUDIT_LOG": str(audit),
+        "EXECUTOR_PROXY_TOKEN": token,
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "executor.proxy"],
@@ -75,13 +81,16 @@ def start_proxy(port: int, audit: Path) -> subprocess.Popen[bytes]:
 
 
 class Target:
-    """One way to reach the engine: docker-py for the API calls, the worker's Engine for attach."""
+    """One way to reach the engine, as the worker does: the worker's Engine, whose docker-py
+    client (for the API calls) and hijacked attach carry its credential when it has a token."""
 
-    def __init__(self, name: str, base_url: str) -> None:
+    def __init__(self, name: str, base_url: str, token: str = "") -> None:
         self.name = name
         self.base_url = base_url
-        self.api: Any = docker.APIClient(base_url=base_url, version=API, timeout=60)
-        self.engine = Engine(Settings.from_env({"DOCKER_HOST": base_url}))
+        settings = Settings.from_env({"DOCKER_HOST": base_url, "EXECUTOR_PROXY_TOKEN": token})
+        self.engine = Engine(settings)
+        self.identity = self.engine.identity  # executor.proxyauth.worker_identity
+        self.api: Any = self.engine.api
 
 
 def runner_request(code: str) -> bytes:
@@ -185,8 +194,10 @@ def main() -> int:
     except docker.errors.ImageNotFound:
         print(f"sandbox image {settings.python_image} is missing: build it first", file=sys.stderr)
         return 1
+    uids = UidAllocator(*settings.sandbox_uids)
+    language = rules.images[settings.python_image]
 
-    def config() -> dict[str, Any]:
+    def config(target: Target, uid: int) -> dict[str, Any]:
         return sandbox_config(
             image=settings.python_image,
             memory_mb=settings.default_memory_mb,
@@ -195,29 +206,39 @@ def main() -> int:
             tmpfs_mb=settings.tmpfs_mb,
             nofile=rules.nofile,
             runtime=settings.runtime,
-            worker="bench-proxy-latency",
+            uid=uid,
+            worker=target.identity,
             execution=str(uuid.uuid4()),
-            profile="bench",
+            profile=profile_name(language, settings.default_memory_mb, settings.default_cpus),
         )
 
+    def run(target: Target, step: Any) -> Any:
+        """One round of `step` with a uid of its own, held until the round has removed it."""
+        uid = uids.acquire()
+        try:
+            return step(target, config(target, uid))
+        finally:
+            uids.release(uid)
+
     port = free_port()
+    token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory() as tmp:
-        proxy = start_proxy(port, Path(tmp) / "audit.jsonl")
+        proxy = start_proxy(port, Path(tmp) / "audit.jsonl", token)
         try:
             direct = Target("direct", ENGINE)
-            proxied = Target("proxy", f"tcp://127.0.0.1:{port}")
+            proxied = Target("proxy", f"tcp://127.0.0.1:{port}", token)
             for target in (direct, proxied):  # warm up connections, caches, the page cache
                 for _ in range(3):
-                    one_round(target, config())
+                    run(target, one_round)
                 pings(target, 50)
             results: dict[str, list[dict[str, float]]] = {"direct": [], "proxy": []}
             for _ in range(args.rounds):
                 for target in (direct, proxied):
-                    results[target.name].append(one_round(target, config()))
+                    results[target.name].append(run(target, one_round))
             api_times: dict[str, list[float]] = {"direct": [], "proxy": []}
             for _ in range(args.api_rounds):
                 for target in (direct, proxied):
-                    api_times[target.name].append(api_round(target, config()))
+                    api_times[target.name].append(run(target, api_round))
             ping_times = {t.name: pings(t, args.pings) for t in (direct, proxied)}
         finally:
             proxy.terminate()

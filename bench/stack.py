@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -37,12 +38,31 @@ def wait_http(url: str, timeout: float, procs: list[subprocess.Popen[bytes]]) ->
     raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
 
 
+def wait_proxy(url: str, token: str, timeout: float, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Wait until the proxy answers an authenticated ping."""
+    from executor.proxyauth import probe
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            os.environ["EXECUTOR_PROXY_TOKEN"] = token
+            probe(url)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"the proxy at {url} did not answer within {timeout:.0f}s")
+
+
 @dataclass
 class Stack:
     api: str
     docker_host: str
     redis_url: str
     logs: Path
+    proxy_token: str
 
 
 @contextlib.contextmanager
@@ -51,10 +71,12 @@ def running_stack(
 ) -> Iterator[Stack]:
     """Proxy + worker + gunicorn API, torn down on exit; logs in a temporary folder."""
     logs = Path(tempfile.mkdtemp(prefix="executor-bench-"))
+    token = secrets.token_urlsafe(24)  # the secret this stack's proxy and clients share
     proxy_port, api_port = free_port(), free_port()
     docker_host = f"tcp://127.0.0.1:{proxy_port}"
     env = {
         **os.environ,
+        "EXECUTOR_PROXY_TOKEN": token,
         "PROXY_LISTEN": f"127.0.0.1:{proxy_port}",
         "PROXY_UPSTREAM": upstream,
         "PROXY_AUDIT_LOG": str(logs / "audit.jsonl"),
@@ -77,9 +99,9 @@ def running_stack(
             with open(logs / f"{name}.log", "wb") as log:
                 procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log))
             if name == "proxy":
-                wait_http(f"http://127.0.0.1:{proxy_port}/v1.41/_ping", 30, procs)
+                wait_proxy(f"http://127.0.0.1:{proxy_port}", token, 30, procs)
         wait_http(f"http://127.0.0.1:{api_port}/health", 120, procs)
-        yield Stack(f"http://127.0.0.1:{api_port}", docker_host, redis_url, logs)
+        yield Stack(f"http://127.0.0.1:{api_port}", docker_host, redis_url, logs, token)
     finally:
         for proc in reversed(procs):
             proc.terminate()
