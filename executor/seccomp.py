@@ -40,6 +40,29 @@ unimplemented or behind a capability (isolate filters no syscalls; it relies on 
   cannot see the family (it is behind a pointer), so allowing any family there allows them
   all, AF_VSOCK included; and the 32-bit compat layer is attack surface of its own.
 
+Under gVisor (runsc --oci-seccomp, checked with Debian's 0.0~20221219) the Sentry applies the
+profile itself, before its own syscall table, with these differences from runc:
+
+- runsc finds each name in gVisor's syscall table, not libseccomp's, and skips the names it
+  lacks (logged only in its debug log), as runc skips those libseccomp lacks. Two are spelled
+  otherwise there: pselect6 is "pselect" and _sysctl is "sysctl" (`GVISOR_NAMES`); allowed
+  under its kernel name only, pselect6 (what glibc's select() and pselect() call) was EPERM.
+  So an allowed syscall is listed under both names; libseccomp knows neither gVisor spelling.
+- Syscalls gVisor does not have (openat2, pidfd_getfd, process_madvise, and every one from
+  Linux 5.12's mount_setattr on: landlock, memfd_secret, process_mrelease, futex_waitv,
+  set_mempolicy_home_node, cachestat, fchmodat2, futex_wake..., statmount, listmount, lsm_*,
+  mseal, uretprobe) have no name there: no rule matches them, so they fail with EPERM (the
+  default), not ENOSYS, those of ABSENT included, and openat2 too (a caller that falls back
+  only on ENOSYS does not). gVisor has pidfd_open, but it answers ENOSYS; clone3 and io_uring
+  have names there and are ENOSYS as on Linux.
+- errnoRet and defaultErrnoRet are ignored (every errno is EPERM, so refused socket families
+  get EPERM); SCMP_ACT_TRACE with no tracer is ENOSYS, as on Linux; SCMP_ACT_LOG is refused
+  (the container does not start); archMap is ignored (gVisor runs native code only). Argument
+  conditions on distinct indexes must all hold, as with libseccomp (on one index any may:
+  none of our rules does that).
+- /proc/<pid>/status shows "Seccomp: 2" but has no NoNewPrivs line; prctl(PR_GET_NO_NEW_PRIVS)
+  answers 1.
+
 `PROFILE` is the compact JSON, computed once; the policy requires exactly this string.
 """
 
