@@ -44,6 +44,29 @@ PROFILE = re.compile(r"[a-z0-9_+-]{1,32}-[0-9]{1,6}m-[0-9.]{1,12}cpu")
 _UID = re.compile(r"[1-9][0-9]{0,9}")
 
 
+# gVisor's kernel runs as threads of the sandbox's own host processes, and the container's
+# task limit counts them (about 40 at rest, about 5 more per program process): under runsc the
+# limit leaves them room, and the program's processes are held by RLIMIT_NPROC instead, which
+# the runner sets for the program's uid (its own, so the count is this sandbox's alone).
+RUNSC_TASKS_BASE = 64
+RUNSC_TASKS_PER_PROCESS = 6
+
+
+def container_tasks(pids: int, runtime: str) -> int:
+    """The container's PidsLimit for a program limited to `pids` processes and threads."""
+    return RUNSC_TASKS_BASE + RUNSC_TASKS_PER_PROCESS * pids if runtime == "runsc" else pids
+
+
+def program_pids(tasks: Any, runtime: str) -> int | None:
+    """The program's process limit a PidsLimit stands for (None: it stands for none)."""
+    if not _is_int(tasks):
+        return None
+    if runtime != "runsc":
+        return int(tasks)
+    pids, rest = divmod(int(tasks) - RUNSC_TASKS_BASE, RUNSC_TASKS_PER_PROCESS)
+    return pids if rest == 0 else None
+
+
 def profile_name(language: str, memory_mb: int, cpus: float) -> str:
     """The warm-pool profile a container is made for (also its profile label)."""
     return f"{language}-{memory_mb}m-{cpus:g}cpu"
@@ -104,7 +127,7 @@ def sandbox_config(
         "Memory": memory,
         "MemorySwap": memory,  # swap equal to memory: no swap at all
         "NanoCpus": round(cpus * 1e9),
-        "PidsLimit": pids,
+        "PidsLimit": container_tasks(pids, runtime),
         "CapDrop": ["ALL"],
         "CapAdd": list(RUNNER_CAPS),
         "SecurityOpt": ["no-new-privileges", f"seccomp={SECCOMP_PROFILE}"],
@@ -187,10 +210,6 @@ def check_create(body: Any, rules: Rules, client: str) -> list[str]:
         cpus = nano / 1e9
         if not MIN_CPUS <= cpus <= rules.max_cpus + 1e-9:
             problems.append(f"cpus must be {MIN_CPUS}..{rules.max_cpus}")
-    pids = _get(body, "HostConfig", "PidsLimit")
-    if not _is_int(pids) or not 1 <= pids <= rules.max_pids:
-        problems.append(f"HostConfig.PidsLimit must be 1..{rules.max_pids}")
-        pids = rules.max_pids
     tmpfs_mb = _tmpfs_mb(body)
     if tmpfs_mb is None or not 1 <= tmpfs_mb <= rules.max_tmpfs_mb:
         problems.append(f"HostConfig.Tmpfs must be exactly {WORKDIR} of 1..{rules.max_tmpfs_mb}m")
@@ -199,6 +218,11 @@ def check_create(body: Any, rules: Rules, client: str) -> list[str]:
     runtime = "" if runtime is None else runtime
     if not isinstance(runtime, str) or runtime not in rules.runtimes:
         problems.append(f"runtime {runtime!r} is not allowed")
+        runtime = ""
+    pids = program_pids(_get(body, "HostConfig", "PidsLimit"), runtime)
+    if pids is None or not 1 <= pids <= rules.max_pids:
+        problems.append(f"HostConfig.PidsLimit must stand for 1..{rules.max_pids} processes")
+        pids = rules.max_pids
     uid = sandbox_uid(body)
     if uid is None or not rules.uids[0] <= uid <= rules.uids[1]:
         problems.append(f"Cmd must be [uid] with a uid in {rules.uids[0]}..{rules.uids[1]}")

@@ -42,6 +42,7 @@ def encode_request(request: RunRequest, language: Language, max_output: int) -> 
         ("timeout", repr(float(request.limits.timeout))),
         ("compile_timeout", repr(COMPILE_TIMEOUT_S)),
         ("max_output", str(max_output)),
+        ("nproc", str(request.limits.pids)),
     ]
     fields += [("arg", arg) for arg in request.args]
     fields += [("run", item) for item in language.run]
@@ -242,21 +243,24 @@ class Reply:
 
 
 def decode_capped(data: bytes, cap: int) -> str:
-    """UTF-8 text of `data` with invalid bytes replaced, at most `cap` bytes once encoded."""
+    """UTF-8 text of `data` (at most `cap` bytes the program wrote), invalid bytes replaced.
+
+    The cap counts what the program wrote, so nothing is cut after decoding (replacement
+    characters take 3 bytes for each invalid one); only a character the cap itself split
+    is dropped, whole.
+    """
     if len(data) >= cap:
-        # Do not end on half a character cut by the cap.
-        for back in range(1, 4):
-            if len(data) > back and (data[-back] & 0xC0) != 0x80:
-                lead = data[-back]
-                need = 2 if lead >= 0xC0 else 1
-                need = 3 if lead >= 0xE0 else need
-                need = 4 if lead >= 0xF0 else need
-                if need > back:
-                    data = data[:-back]
-                break
-    text = data.decode("utf-8", "replace")
-    if len(data) * 3 > cap:
-        encoded = text.encode("utf-8")
-        if len(encoded) > cap:
-            text = encoded[:cap].decode("utf-8", "ignore")
-    return text
+        # Do not end on half a character cut by the cap: a lead byte of a longer sequence
+        # than what follows it (bytes that can lead nothing are the program's own).
+        for back in range(1, min(4, len(data)) + 1):
+            byte = data[-back]
+            if byte & 0xC0 == 0x80:
+                continue  # a continuation byte: its lead is further back
+            need = _SEQUENCE.get(byte >> 4, 0) if 0xC2 <= byte <= 0xF4 else 0
+            if need > back:
+                data = data[:-back]
+            break
+    return data.decode("utf-8", "replace")
+
+
+_SEQUENCE = {0xC: 2, 0xD: 2, 0xE: 3, 0xF: 4}  # by a lead byte's high nibble

@@ -6,7 +6,8 @@ container and every process left in it.
 
 Request (worker -> runner, over the attached stdin): b"<decimal length>\\n" and a body of that
 length made of fields b"<name> <length>\\n<value>". Names: code, source, stdin, inline (0/1),
-timeout, compile_timeout, max_output (decimal), and the repeatable arg, run, compile (argv
+timeout, compile_timeout, max_output, nproc (decimal; nproc is optional: the program's
+processes and threads, RLIMIT_NPROC of its uid), and the repeatable arg, run, compile (argv
 items) and path/content (one pair per extra file). Values are raw UTF-8: nothing is escaped.
 
 Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian length + data.
@@ -36,12 +37,18 @@ the runner kills the program and exits at once. The worker does not trust any of
 caps what it reads and enforces the deadline itself.
 """
 
-import _signal
-import os
-import select
-import struct
 import sys
-import time
+
+# The modules a fresh `python3 main.py` has when the program starts: the runner's own imports
+# come after this, and a program run inline must not see them (a user's struct.py would be
+# shadowed by ours).
+_FRESH_MODULES = frozenset(sys.modules)
+
+import _signal  # noqa: E402
+import os  # noqa: E402
+import select  # noqa: E402
+import struct  # noqa: E402
+import time  # noqa: E402
 
 # Imports are few and cheap on purpose (no json, re, enum, selectors): every container pays for
 # them at start, and on two cores that start-up CPU is the service's throughput.
@@ -241,12 +248,21 @@ class _Stream:
             _send(self.kind, data[:keep])
 
 
-def _child_setup(stdin_fd, out_w, err_w, inline, uid):
+def _limit_processes(nproc):
+    """RLIMIT_NPROC of the program's uid (its own: the count is this sandbox's alone)."""
+    limit = (_CTYPES.c_ulong * 2)(nproc, nproc)
+    if _LIBC.setrlimit(6, limit) != 0:  # RLIMIT_NPROC, on x86-64 and arm64 alike
+        raise OSError("setrlimit(RLIMIT_NPROC) failed")
+
+
+def _child_setup(stdin_fd, out_w, err_w, inline, uid, nproc):
     os.setsid()  # its own process group, so the deadline kills every process it started
     os.dup2(stdin_fd, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    if nproc:
+        _limit_processes(nproc)
     _drop_to(uid)
     _prctl_dumpable(1)  # changing uid made it non-dumpable: its /proc entries become its own
     try:
@@ -275,7 +291,11 @@ def _child_inline(path, args):
     main.__cached__ = None
     main.__builtins__ = builtins
     _KEEP.append(sys.modules["__main__"])
+    _hide_runner_frames()
+    for name in [n for n in sys.modules if n not in _FRESH_MODULES]:
+        del sys.modules[name]  # the program imports its own (or its files') afresh
     sys.modules["__main__"] = main
+    interrupted = False
     try:
         with open(path, "rb") as f:
             code = compile(f.read(), path, "exec")
@@ -289,16 +309,45 @@ def _child_inline(path, args):
             e.__traceback__ = None
         sys.excepthook(type(e), e.with_traceback(tb), tb)
         status = 1
-        if isinstance(e, KeyboardInterrupt):
-            status = -_signal.SIGINT
-    _finalize(main, status)
+        interrupted = isinstance(e, KeyboardInterrupt)
+    _finalize(main, status, interrupted)
+
+
+def _hide_runner_frames():
+    """Give the program the recursion depth a fresh interpreter would.
+
+    The program's module runs below the runner's frames (its module and this function's
+    caller): the limit is raised by that many, and sys.getrecursionlimit/setrecursionlimit
+    show and take the program's own numbers.
+    """
+    frame, extra = sys._getframe(1), 0
+    while frame is not None:
+        extra += 1
+        frame = frame.f_back
+    real_get, real_set = sys.getrecursionlimit, sys.setrecursionlimit
+    real_set(real_get() + extra)
+
+    def getrecursionlimit():
+        return real_get() - extra
+
+    def setrecursionlimit(limit, /):
+        limit = limit.__index__() if not isinstance(limit, int) else limit
+        if limit < 1:
+            raise ValueError("recursion limit must be greater or equal than 1")
+        real_set(limit + extra)
+
+    getrecursionlimit.__doc__ = real_get.__doc__
+    setrecursionlimit.__doc__ = real_set.__doc__
+    sys.getrecursionlimit, sys.setrecursionlimit = getrecursionlimit, setrecursionlimit
 
 
 def _exit_status(code):
+    """The exit status CPython gives `raise SystemExit(code)`."""
     if code is None:
         return 0
     if isinstance(code, int):
-        return code
+        # exit() of a C int: -1 is 255, 256 is 0; past a C long CPython exits with -1.
+        return code & 0xFF if -(1 << 63) <= code < (1 << 63) else 255
     try:
         print(code, file=sys.stderr)
     except Exception:
@@ -306,43 +355,46 @@ def _exit_status(code):
     return 1
 
 
-def _finalize(main, status):
-    """What interpreter shutdown does that a program can see, without the slow module teardown."""
-    try:
-        threading = sys.modules.get("threading")
-        if threading is not None:
-            threading._shutdown()  # join non-daemon threads
-        import atexit
+def _finalize(main, status, interrupted):
+    """What interpreter shutdown does that a program can see, without the slow module teardown.
 
-        atexit._run_exitfuncs()
-    except SystemExit as e:
-        status = _exit_status(e.code)
-    except BaseException as e:
-        sys.excepthook(type(e), e, e.__traceback__)
+    As Py_FinalizeEx: join non-daemon threads, run atexit callbacks (their errors, SystemExit
+    included, are printed and ignored), flush the standard streams that are still open (a
+    failed flush makes the status 120); an uncaught KeyboardInterrupt ends by SIGINT.
+    """
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        threading._shutdown()  # join non-daemon threads
+    import atexit
+
+    atexit._run_exitfuncs()
     main.__dict__.clear()  # closes (and flushes) files the program left open
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if not getattr(stream, "closed", True):  # CPython skips what it cannot tell
+                stream.flush()
         except Exception:
             status = 120
-    if status < 0:
-        _signal.signal(-status, _signal.SIG_DFL)
-        os.kill(os.getpid(), -status)
-    os._exit(status & 0xFF)
+    if interrupted:
+        _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+        os.kill(os.getpid(), _signal.SIGINT)
+    os._exit(status)
 
 
-def _spawn(argv, stdin_fd, inline_path, uid, pipes):
+def _spawn(argv, stdin_fd, inline_path, uid, pipes, nproc):
     (out_r, out_w), (err_r, err_w) = pipes
     pid = os.fork()
     if pid == 0:
         try:
-            _child_setup(stdin_fd, out_w, err_w, inline_path is not None, uid)
-            if inline_path is not None:
-                _child_inline(inline_path, argv)
-            os.execvp(argv[0], argv)
+            _child_setup(stdin_fd, out_w, err_w, inline_path is not None, uid, nproc)
+            if inline_path is None:
+                os.execvp(argv[0], argv)
         except BaseException as e:  # exec failed: report it as the program's own error
             os.write(2, ("runner: cannot start %r: %s\n" % (argv[0], e)).encode())
             os._exit(127)
+        # Unwind the runner's frames first: the program starts at the bottom of the stack,
+        # with the recursion depth a fresh interpreter would give it.
+        raise _Inline(inline_path, argv)
     os.close(out_w)
     os.close(err_w)
     return pid, out_r, err_r
@@ -352,6 +404,15 @@ def _wait_status(status):
     if os.WIFSIGNALED(status):
         return None, _signal_name(os.WTERMSIG(status))
     return os.WEXITSTATUS(status), None
+
+
+class _Inline(BaseException):
+    """Raised in a forked child to run the program from the runner's outermost frame."""
+
+    def __init__(self, path, args):
+        super().__init__()
+        self.path = path
+        self.args_ = args
 
 
 class WorkerGone(Exception):
@@ -437,11 +498,11 @@ def _kill_group(pid):
             pass
 
 
-def _run_step(argv, stdin_fd, inline_path, timeout, kinds, limit, uid, pipes):
+def _run_step(argv, stdin_fd, inline_path, timeout, kinds, limit, uid, pipes, nproc):
     streams = [_Stream(kinds[0], limit), _Stream(kinds[1], limit)]
     oom_before = _oom_kills()
     started = time.monotonic()
-    pid, out_r, err_r = _spawn(argv, stdin_fd, inline_path, uid, pipes)
+    pid, out_r, err_r = _spawn(argv, stdin_fd, inline_path, uid, pipes, nproc)
     status, timed_out = _supervise(pid, {out_r: streams[0], err_r: streams[1]}, started + timeout)
     duration_ms = int((time.monotonic() - started) * 1000)
     os.close(out_r)
@@ -487,13 +548,14 @@ def main():
         build_pipes = (os.pipe(), os.pipe()) if build else None
         run_pipes = (os.pipe(), os.pipe())
     limit = int(number("max_output"))
+    nproc = int(number("nproc", 0))
     result = {"compile": None}
     if build:
         with open(os.devnull, "rb") as devnull:
             timeout = number("compile_timeout", 30.0)
             step = _run_step(
                 argv("compile"), devnull.fileno(), None, timeout, (b"o", b"e"), limit, uid,
-                build_pipes,
+                build_pipes, nproc,
             )  # fmt: skip
         result["compile"] = step
         if step["exit_code"] != 0:
@@ -503,14 +565,19 @@ def main():
     inline = source if request.get("inline", [b"0"])[0] == b"1" else None
     args = argv("arg")
     command = args if inline else [*argv("run"), *args]
-    step = _run_step(command, stdin_fd, inline, budget, (b"O", b"E"), limit, uid, run_pipes)
+    step = _run_step(command, stdin_fd, inline, budget, (b"O", b"E"), limit, uid, run_pipes, nproc)
     result.update(step)
     _send(b"R", _json(result).encode())
 
 
 if __name__ == "__main__":
+    inline = None
     try:
         main()
+    except _Inline as child:
+        inline = (child.path, child.args_)  # run it outside this handler: no __context__
     except (WorkerGone, EOFError):
         os._exit(3)  # nobody is listening: end the container and everything in it
+    if inline is not None:
+        _child_inline(*inline)  # in the program's process; never returns
     os._exit(0)  # the reply is sent: end the container now, skip interpreter teardown

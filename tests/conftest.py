@@ -142,6 +142,8 @@ def settings(docker_host: str) -> Settings:
             "DOCKER_HOST": docker_host,
             "HOSTNAME": "pytest",
             "EXECUTOR_PROXY_TOKEN": PROXY_TOKEN,
+            # The image under test (the proxy, started with this environment, allows it).
+            "EXECUTOR_PYTHON_IMAGE": os.environ.get("EXECUTOR_PYTHON_IMAGE", ""),
         }
     )
     # EXECUTOR_TEST_RUNTIME=runsc runs the sandbox tests under gVisor (`make test` does, for

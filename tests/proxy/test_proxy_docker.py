@@ -313,10 +313,10 @@ CREATE_VIOLATIONS: list[tuple[str, Callable[[Body], None], str]] = [
     ("memory-0", _set(HC, "Memory", value=0), "memory must be"),
     ("memory-over-max", _too_much_memory, "memory must be"),
     ("memory-swap-unlimited", _set(HC, "MemorySwap", value=-1), "HostConfig.MemorySwap"),
-    ("pids-0", _set(HC, "PidsLimit", value=0), "PidsLimit must be"),
-    ("pids-unlimited", _set(HC, "PidsLimit", value=-1), "PidsLimit must be"),
-    ("pids-absent", _drop(HC, "PidsLimit"), "PidsLimit must be"),
-    ("pids-over-max", _set(HC, "PidsLimit", value=100000), "PidsLimit must be"),
+    ("pids-0", _set(HC, "PidsLimit", value=0), "PidsLimit must stand for"),
+    ("pids-unlimited", _set(HC, "PidsLimit", value=-1), "PidsLimit must stand for"),
+    ("pids-absent", _drop(HC, "PidsLimit"), "PidsLimit must stand for"),
+    ("pids-over-max", _set(HC, "PidsLimit", value=100000), "PidsLimit must stand for"),
     (
         "log-json-file",
         _set(HC, "LogConfig", value={"Type": "json-file", "Config": {}}),
@@ -388,7 +388,7 @@ CREATE_VIOLATIONS: list[tuple[str, Callable[[Body], None], str]] = [
     # Go matches keys case-insensitively, folding U+017F to s and U+212A to k.
     ("unicode-folded-key", _set(HC, "\u017fecurityOpt", value=["seccomp=unconfined"]), "differs"),
     ("memory-as-string", _set(HC, "Memory", value=str(64 * MIB)), "Memory must be"),
-    ("pids-as-bool", _set(HC, "PidsLimit", value=True), "PidsLimit must be"),
+    ("pids-as-bool", _set(HC, "PidsLimit", value=True), "PidsLimit must stand for"),
     ("cap-drop-as-string", _set(HC, "CapDrop", value="ALL"), "HostConfig.CapDrop"),
     ("no-host-config", _drop(HC), "must be"),
 ]

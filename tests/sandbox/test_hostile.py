@@ -42,14 +42,9 @@ def test_fork_bomb_is_held_by_the_process_limit(run):
         "    print('held after', n, type(e).__name__)\n"
     )
     r = run(code, timeout=5)
-    if run.settings.runtime == "runsc":
-        # gVisor's kernel runs as threads of one host process, and the process limit counts
-        # them: the fork bomb takes the whole sandbox down, which is reported as an error.
-        assert r.status == "error" and "ended without reporting a result" in r.stderr
-        return
     assert r.status == "success", r.stderr
     assert r.stdout.startswith("held after") and "BlockingIOError" in r.stdout
-    assert int(r.stdout.split()[2]) < 64
+    assert int(r.stdout.split()[2]) <= 64  # the program never has more than its limit
 
 
 def test_stdout_flood_is_capped(run, service):

@@ -129,3 +129,11 @@ def test_result_carries_the_limits(run):
     r = run("print(1)", timeout=3, memory_mb=128, cpus=0.25)
     assert (r.limits.timeout, r.limits.memory_mb, r.limits.cpus) == (3, 128, 0.25)
     assert r.limits.pids == 64 and r.limits.tmpfs_mb == 100
+
+
+def test_the_output_cap_counts_what_the_program_wrote(run, service):
+    cap = service.settings.max_output_bytes
+    under = run(f"import sys\nsys.stdout.buffer.write(b'\\xff' * {cap - 10})")
+    assert under.stdout == "\ufffd" * (cap - 10) and not under.stdout_truncated
+    over = run(f"import sys\nsys.stdout.buffer.write(b'\\xff' * {cap + 10})")
+    assert over.stdout == "\ufffd" * cap and over.stdout_truncated

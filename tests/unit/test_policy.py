@@ -151,3 +151,16 @@ def test_every_uid_of_the_range_and_none_outside_it():
     assert check_create(body(uid=last), RULES, CLIENT) == []
     assert check_create(body(uid=first - 1), RULES, CLIENT) != []
     assert check_create(body(uid=last + 1), RULES, CLIENT) != []
+
+
+def test_under_runsc_the_task_limit_leaves_gvisor_room_and_stands_for_the_same_processes():
+    runsc = body(runtime="runsc", pids=64)
+    assert runsc["HostConfig"]["PidsLimit"] == 64 + 6 * 64
+    assert check_create(runsc, RULES, CLIENT) == []
+    for tasks in (64, 64 + 6 * 64 + 1, 64 + 6 * 65, 10**6):
+        changed = copy.deepcopy(runsc)
+        changed["HostConfig"]["PidsLimit"] = tasks
+        assert check_create(changed, RULES, CLIENT) != [], tasks
+    loose = body(pids=64)
+    loose["HostConfig"]["PidsLimit"] = 64 + 6 * 64  # gVisor's room, asked for under runc
+    assert check_create(loose, RULES, CLIENT) != []
