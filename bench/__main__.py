@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import docker
@@ -181,6 +182,46 @@ def row(name: str, samples: list[float]) -> tuple[str, float, float, float]:
     return name, p50, p95, p99
 
 
+def compare_with_baseline(args: argparse.Namespace, n: int) -> None:
+    """Warm POST /execute of this checkout and of a baseline, alternating, one run."""
+    baseline_env = {"EXECUTOR_PYTHON_IMAGE": args.baseline_image} if args.baseline_image else {}
+    other_redis = args.redis.rsplit("/", 1)[0] + "/13"
+    with (
+        running_stack(args.redis, args.upstream, pool_size=4, concurrency=8) as ours,
+        running_stack(
+            other_redis,
+            args.upstream,
+            pool_size=4,
+            concurrency=8,
+            root=Path(args.baseline).resolve(),
+            extra_env=baseline_env,
+        ) as theirs,
+    ):
+        apis = {"this checkout": Api(ours.api), "baseline": Api(theirs.api)}
+        conns = {
+            name: http.client.HTTPConnection(api.host, api.url.port, timeout=120)
+            for name, api in apis.items()
+        }
+        samples: dict[str, list[float]] = {name: [] for name in apis}
+        for name, api in apis.items():
+            api.once(conns[name])
+        for _ in range(n):
+            for name, api in apis.items():
+                time.sleep(0.4)  # the pool refills between runs, as in row (e)
+                began = time.perf_counter()
+                api.once(conns[name])
+                samples[name].append((time.perf_counter() - began) * 1000)
+        for conn in conns.values():
+            conn.close()
+    print(f"\n| warm POST /execute, alternating ({n} each) | p50 ms | p95 ms |")
+    print("| --- | ---: | ---: |")
+    for name, values in samples.items():
+        p50, p95, _ = pct(values)
+        print(f"| {name} | {p50:.1f} | {p95:.1f} |")
+    ratio = pct(samples["this checkout"])[0] / pct(samples["baseline"])[0]
+    print(f"\nthis checkout / baseline, p50: {ratio:.2f} (target <= 1.10)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=40, help="sequential runs per latency row")
@@ -191,6 +232,14 @@ def main() -> int:
         "--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://localhost:6379/14")
     )
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--baseline",
+        help="another checkout (e.g. a git worktree of an earlier commit): its stack's warm"
+        " POST /execute is measured alternately with this one's, and the ratio printed",
+    )
+    parser.add_argument(
+        "--baseline-image", help="the baseline's sandbox image (EXECUTOR_PYTHON_IMAGE)"
+    )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     n = args.n
@@ -320,6 +369,8 @@ def main() -> int:
     for name, value, target, ok in checks:
         mark = "" if target == "-" else (" (met)" if ok else " (MISSED)")
         print(f"| {name} | {value:.2f} | {target}{mark} |")
+    if args.baseline:
+        compare_with_baseline(args, n)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(

@@ -67,9 +67,17 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(
-    redis_url: str, upstream: str, pool_size: int, concurrency: int
+    redis_url: str,
+    upstream: str,
+    pool_size: int,
+    concurrency: int,
+    root: Path = ROOT,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """Proxy + worker + gunicorn API, torn down on exit; logs in a temporary folder."""
+    """Proxy + worker + gunicorn API, torn down on exit; logs in a temporary folder.
+
+    `root` is the checkout whose code runs (another one compares a baseline side by side).
+    """
     logs = Path(tempfile.mkdtemp(prefix="executor-bench-"))
     token = secrets.token_urlsafe(24)  # the secret this stack's proxy and clients share
     proxy_port, api_port = free_port(), free_port()
@@ -87,6 +95,8 @@ def running_stack(
         "EXECUTOR_POOL_SIZE": str(pool_size),
         "EXECUTOR_CONCURRENCY": str(concurrency),
         "EXECUTOR_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(root),
+        **(extra_env or {}),
     }
     commands = {
         "proxy": [sys.executable, "-m", "executor.proxy"],
@@ -97,7 +107,7 @@ def running_stack(
     try:
         for name, command in commands.items():
             with open(logs / f"{name}.log", "wb") as log:
-                procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log))
+                procs.append(subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=log))
             if name == "proxy":
                 wait_proxy(f"http://127.0.0.1:{proxy_port}", token, 30, procs)
         wait_http(f"http://127.0.0.1:{api_port}/health", 120, procs)
