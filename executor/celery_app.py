@@ -1,8 +1,7 @@
 """The Celery app factory: Redis as broker and result backend, configured for this workload.
 
-`create_celery(settings)` is the app the API sends with; `create_worker(settings)` is the same
-app with the task registered and the worker's lifecycle wired (one WorkerRuntime per process,
-started on worker_ready, stopped on worker_shutdown). Nothing connects at import or build time.
+`create_celery(settings)` is the app the API sends with; the worker's app is the same with the
+task registered (executor.tasks.create_worker). Nothing connects at import or build time.
 
 Why these settings:
 - threads pool, concurrency = EXECUTOR_CONCURRENCY: the work is waiting on Docker, and the warm
@@ -21,15 +20,29 @@ Why these settings:
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery
 
 from executor.config import Settings
-from executor.runtime import TimeLimits, WorkerRuntime
-from executor.store import QUEUE
-from executor.tasks import TASK_NAME, register
+from executor.names import QUEUE, TASK_NAME
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    """Celery's limits for one execution: beyond the sandbox's own deadline, as a backstop."""
+
+    soft_s: float
+    hard_s: float
+    visibility_s: float  # Redis re-delivers an unacknowledged message after this long
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TimeLimits:
+        # A run may need a few Docker calls (create, start, attach, remove) beside the program.
+        soft = settings.max_timeout + 2 * settings.docker_timeout
+        hard = soft + settings.docker_timeout
+        return cls(soft_s=soft, hard_s=hard, visibility_s=hard + 60.0)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -81,28 +94,4 @@ def create_celery(settings: Settings) -> Celery:
     """The app that sends executions and asks workers questions (the API's)."""
     app = Celery("executor", set_as_current=False)
     app.conf.update(celery_config(settings))
-    return app
-
-
-def create_worker(settings: Settings) -> Celery:
-    """The worker's app: the task `executor.execute` and one WorkerRuntime per process."""
-    app = create_celery(settings)
-    runtime = WorkerRuntime(settings)
-    register(app, runtime)
-
-    # Celery's signals are process-wide: act only for this app's own worker.
-    def on_ready(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            # Celery logs each task's return value (up to 1 KiB of the result, so of its
-            # stdout) at INFO; the runtime logs each execution without its data instead.
-            logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
-            runtime.start(getattr(sender, "hostname", None))
-
-    def on_shutdown(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            runtime.stop()
-
-    signals.worker_ready.connect(on_ready, weak=False)
-    signals.worker_shutdown.connect(on_shutdown, weak=False)
-    app.executor_runtime = runtime
     return app

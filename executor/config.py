@@ -1,6 +1,7 @@
 """Settings, read once from the environment and passed down.
 
-Every setting is an environment variable; the README lists them all. Nothing here connects to
+Every setting is an environment variable, declared once in `Settings`: one row per setting
+with its variable, default and parser; the README lists them all. Nothing here connects to
 anything: `Settings.from_env()` only parses.
 """
 
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 MIB = 1024 * 1024
 
@@ -18,41 +20,43 @@ class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
-    return value
+Parser = Callable[[str, str], Any]  # (variable, its non-empty value) -> the setting
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
-    return value
+def _number(kind: Callable[[str], Any], what: str, minimum: float) -> Parser:
+    def parse(name: str, raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
-def _str(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = env.get(name)
-    return default if raw is None or raw == "" else raw
+def _int(minimum: int) -> Parser:
+    return _number(int, "an integer", minimum)
 
 
-def _uid_range(env: Mapping[str, str], name: str, default: tuple[int, int]) -> tuple[int, int]:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
+def _float(minimum: float) -> Parser:
+    return _number(float, "a number", minimum)
+
+
+def _str(name: str, raw: str) -> str:
+    return raw
+
+
+def _upper(name: str, raw: str) -> str:
+    return raw.upper()
+
+
+def _list(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(","))
+
+
+def _uid_range(name: str, raw: str) -> tuple[int, int]:
     first, sep, last = raw.partition("-")
     try:
         lo, hi = int(first), int(last)
@@ -64,119 +68,104 @@ def _uid_range(env: Mapping[str, str], name: str, default: tuple[int, int]) -> t
     return lo, hi
 
 
+def _setting(
+    variable: str, default: Any, parse: Parser, env_default: Callable[[], Any] | None = None
+) -> Any:
+    """One row of the table: a field read from `variable` with `parse`; unset or empty gives
+    `default` (or, from the environment, `env_default()`)."""
+    return field(
+        default=default,
+        metadata={"variable": variable, "parse": parse, "env_default": env_default},
+    )
+
+
+def _hostname() -> str:
+    return socket.gethostname() or "executor"
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The service's configuration. Field docs name the variable each comes from."""
+    """The service's configuration: one row per setting (field, variable, default, parser)."""
 
-    redis_url: str = "redis://localhost:6379/0"  # REDIS_URL
-    docker_host: str = "tcp://docker-proxy:2375"  # DOCKER_HOST
-    instance: str = "executor"  # HOSTNAME
-    port: int = 8083  # PORT
+    redis_url: str = _setting("REDIS_URL", "redis://localhost:6379/0", _str)
+    docker_host: str = _setting("DOCKER_HOST", "tcp://docker-proxy:2375", _str)
+    instance: str = _setting("HOSTNAME", "executor", _str, _hostname)
+    port: int = _setting("PORT", 8083, _int(1))
 
     # Request bounds (the contract's defaults).
-    max_code_bytes: int = MIB  # EXECUTOR_MAX_CODE_BYTES
-    max_stdin_bytes: int = MIB  # EXECUTOR_MAX_STDIN_BYTES
-    max_files_bytes: int = 4 * MIB  # EXECUTOR_MAX_FILES_BYTES (all extra files together)
-    max_timeout: float = 60.0  # EXECUTOR_MAX_TIMEOUT
-    max_memory_mb: int = 512  # EXECUTOR_MAX_MEMORY_MB
-    max_cpus: float = 0.5  # EXECUTOR_MAX_CPUS
-    max_output_bytes: int = MIB  # EXECUTOR_MAX_OUTPUT_BYTES
-    default_timeout: float = 10.0  # EXECUTOR_DEFAULT_TIMEOUT
-    default_memory_mb: int = 512  # EXECUTOR_DEFAULT_MEMORY_MB
-    default_cpus: float = 0.5  # EXECUTOR_DEFAULT_CPUS
+    max_code_bytes: int = _setting("EXECUTOR_MAX_CODE_BYTES", MIB, _int(1))
+    max_stdin_bytes: int = _setting("EXECUTOR_MAX_STDIN_BYTES", MIB, _int(0))
+    # All extra files together.
+    max_files_bytes: int = _setting("EXECUTOR_MAX_FILES_BYTES", 4 * MIB, _int(0))
+    max_timeout: float = _setting("EXECUTOR_MAX_TIMEOUT", 60.0, _float(0.001))
+    max_memory_mb: int = _setting("EXECUTOR_MAX_MEMORY_MB", 512, _int(16))
+    max_cpus: float = _setting("EXECUTOR_MAX_CPUS", 0.5, _float(0.05))
+    max_output_bytes: int = _setting("EXECUTOR_MAX_OUTPUT_BYTES", MIB, _int(1))
+    default_timeout: float = _setting("EXECUTOR_DEFAULT_TIMEOUT", 10.0, _float(0.001))
+    default_memory_mb: int = _setting("EXECUTOR_DEFAULT_MEMORY_MB", 512, _int(16))
+    default_cpus: float = _setting("EXECUTOR_DEFAULT_CPUS", 0.5, _float(0.05))
 
     # Sandbox hardening.
-    pids_limit: int = 64  # EXECUTOR_PIDS_LIMIT
-    tmpfs_mb: int = 100  # EXECUTOR_TMPFS_MB
-    nofile_limit: int = 256  # EXECUTOR_NOFILE_LIMIT
-    runtime: str = ""  # EXECUTOR_RUNTIME ("" = the engine's default, runc; or runsc for gVisor)
-    python_image: str = "executor-python:3.11"  # EXECUTOR_PYTHON_IMAGE
-    docker_api_version: str = "1.41"  # EXECUTOR_DOCKER_API_VERSION
-    docker_timeout: float = 30.0  # EXECUTOR_DOCKER_TIMEOUT (seconds per Docker API call)
-    # Host uids for sandboxes: each running sandbox gets its own, so per-user kernel limits
-    # (inotify, pipe buffers, message queues...) are never shared between executions.
-    sandbox_uids: tuple[int, int] = (200000, 265535)  # EXECUTOR_SANDBOX_UIDS ("first-last")
+    pids_limit: int = _setting("EXECUTOR_PIDS_LIMIT", 64, _int(8))
+    tmpfs_mb: int = _setting("EXECUTOR_TMPFS_MB", 100, _int(1))
+    nofile_limit: int = _setting("EXECUTOR_NOFILE_LIMIT", 256, _int(16))
+    # "" = the engine's default (runc), or runsc for gVisor.
+    runtime: str = _setting("EXECUTOR_RUNTIME", "", _str)
+    python_image: str = _setting("EXECUTOR_PYTHON_IMAGE", "executor-python:3.11", _str)
+    docker_api_version: str = _setting("EXECUTOR_DOCKER_API_VERSION", "1.41", _str)
+    # Seconds per Docker API call.
+    docker_timeout: float = _setting("EXECUTOR_DOCKER_TIMEOUT", 30.0, _float(1.0))
+    # Host uids for sandboxes ("first-last"): each running sandbox gets its own, so per-user
+    # kernel limits (inotify, pipe buffers, message queues...) are never shared between them.
+    sandbox_uids: tuple[int, int] = _setting("EXECUTOR_SANDBOX_UIDS", (200000, 265535), _uid_range)
 
     # Worker.
-    concurrency: int = 8  # EXECUTOR_CONCURRENCY (executions at once per worker)
-    pool_size: int = 4  # EXECUTOR_POOL_SIZE (warm containers per worker, 0 disables)
-    pool_max_idle_s: float = 300.0  # EXECUTOR_POOL_MAX_IDLE (seconds a warm container may wait)
-    pool_refill_concurrency: int = 2  # EXECUTOR_POOL_REFILL_CONCURRENCY
-    max_starts: int = 4  # EXECUTOR_MAX_STARTS (containers being created+started at once)
-    reap_interval_s: float = 30.0  # EXECUTOR_REAP_INTERVAL
+    concurrency: int = _setting("EXECUTOR_CONCURRENCY", 8, _int(1))  # executions at once
+    pool_size: int = _setting("EXECUTOR_POOL_SIZE", 4, _int(0))  # warm containers; 0 disables
+    pool_max_idle_s: float = _setting("EXECUTOR_POOL_MAX_IDLE", 300.0, _float(1.0))
+    pool_refill_concurrency: int = _setting("EXECUTOR_POOL_REFILL_CONCURRENCY", 2, _int(1))
+    # Containers being created and started at once, pool and cold runs together.
+    max_starts: int = _setting("EXECUTOR_MAX_STARTS", 4, _int(1))
+    reap_interval_s: float = _setting("EXECUTOR_REAP_INTERVAL", 30.0, _float(1.0))
 
     # Records and the HTTP wait.
-    history_size: int = 100  # EXECUTOR_HISTORY_SIZE
-    result_ttl_s: int = 86400  # EXECUTOR_RESULT_TTL
-    queue_grace_s: float = 10.0  # EXECUTOR_QUEUE_GRACE (added to the timeout for POST /execute)
-    max_queue: int = 1000  # EXECUTOR_MAX_QUEUE (queued executions before 429)
+    history_size: int = _setting("EXECUTOR_HISTORY_SIZE", 100, _int(1))
+    result_ttl_s: int = _setting("EXECUTOR_RESULT_TTL", 86400, _int(60))
+    # Added to the timeout for POST /execute.
+    queue_grace_s: float = _setting("EXECUTOR_QUEUE_GRACE", 10.0, _float(0.0))
+    max_queue: int = _setting("EXECUTOR_MAX_QUEUE", 1000, _int(1))  # queued before 429
 
     # Docker security proxy.
-    proxy_listen: str = "0.0.0.0:2375"  # PROXY_LISTEN
-    proxy_upstream: str = "unix:///var/run/docker.sock"  # PROXY_UPSTREAM
-    proxy_audit_log: str = "-"  # PROXY_AUDIT_LOG (a file path, or - for stderr)
-    proxy_allowed_runtimes: tuple[str, ...] = ("", "runc", "runsc")  # PROXY_ALLOWED_RUNTIMES
+    proxy_listen: str = _setting("PROXY_LISTEN", "0.0.0.0:2375", _str)
+    proxy_upstream: str = _setting("PROXY_UPSTREAM", "unix:///var/run/docker.sock", _str)
+    proxy_audit_log: str = _setting("PROXY_AUDIT_LOG", "-", _str)  # a path, or - for stderr
+    proxy_allowed_runtimes: tuple[str, ...] = _setting(
+        "PROXY_ALLOWED_RUNTIMES", ("", "runc", "runsc"), _list
+    )
     # The secret proxy and workers share: the proxy serves only clients that prove it.
-    proxy_token: str = ""  # EXECUTOR_PROXY_TOKEN
-    proxy_token_file: str = ""  # EXECUTOR_PROXY_TOKEN_FILE (read; the proxy creates it if absent)
-    proxy_head_timeout: float = 10.0  # PROXY_HEAD_TIMEOUT (seconds for a request head, once begun)
-    proxy_idle_timeout: float = 120.0  # PROXY_IDLE_TIMEOUT (seconds a connection may sit idle)
-    proxy_max_connections: int = 1024  # PROXY_MAX_CONNECTIONS (client connections at once)
+    proxy_token: str = _setting("EXECUTOR_PROXY_TOKEN", "", _str)
+    # Read; the proxy creates it if absent.
+    proxy_token_file: str = _setting("EXECUTOR_PROXY_TOKEN_FILE", "", _str)
+    # Seconds for a request head, once begun; seconds a connection may sit idle.
+    proxy_head_timeout: float = _setting("PROXY_HEAD_TIMEOUT", 10.0, _float(0.1))
+    proxy_idle_timeout: float = _setting("PROXY_IDLE_TIMEOUT", 120.0, _float(0.1))
+    proxy_max_connections: int = _setting("PROXY_MAX_CONNECTIONS", 1024, _int(1))
 
-    log_level: str = "INFO"  # EXECUTOR_LOG_LEVEL
+    log_level: str = _setting("EXECUTOR_LOG_LEVEL", "INFO", _upper)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `environ` (default: the process environment)."""
         env = os.environ if environ is None else environ
-        d = cls()
-        runtimes = _str(env, "PROXY_ALLOWED_RUNTIMES", ",".join(d.proxy_allowed_runtimes))
-        settings = cls(
-            redis_url=_str(env, "REDIS_URL", "redis://localhost:6379/0"),
-            docker_host=_str(env, "DOCKER_HOST", d.docker_host),
-            instance=_str(env, "HOSTNAME", socket.gethostname() or d.instance),
-            port=_int(env, "PORT", d.port, 1),
-            max_code_bytes=_int(env, "EXECUTOR_MAX_CODE_BYTES", d.max_code_bytes, 1),
-            max_stdin_bytes=_int(env, "EXECUTOR_MAX_STDIN_BYTES", d.max_stdin_bytes, 0),
-            max_files_bytes=_int(env, "EXECUTOR_MAX_FILES_BYTES", d.max_files_bytes, 0),
-            max_timeout=_float(env, "EXECUTOR_MAX_TIMEOUT", d.max_timeout, 0.001),
-            max_memory_mb=_int(env, "EXECUTOR_MAX_MEMORY_MB", d.max_memory_mb, 16),
-            max_cpus=_float(env, "EXECUTOR_MAX_CPUS", d.max_cpus, 0.05),
-            max_output_bytes=_int(env, "EXECUTOR_MAX_OUTPUT_BYTES", d.max_output_bytes, 1),
-            default_timeout=_float(env, "EXECUTOR_DEFAULT_TIMEOUT", d.default_timeout, 0.001),
-            default_memory_mb=_int(env, "EXECUTOR_DEFAULT_MEMORY_MB", d.default_memory_mb, 16),
-            default_cpus=_float(env, "EXECUTOR_DEFAULT_CPUS", d.default_cpus, 0.05),
-            pids_limit=_int(env, "EXECUTOR_PIDS_LIMIT", d.pids_limit, 8),
-            tmpfs_mb=_int(env, "EXECUTOR_TMPFS_MB", d.tmpfs_mb, 1),
-            nofile_limit=_int(env, "EXECUTOR_NOFILE_LIMIT", d.nofile_limit, 16),
-            runtime=_str(env, "EXECUTOR_RUNTIME", d.runtime),
-            python_image=_str(env, "EXECUTOR_PYTHON_IMAGE", d.python_image),
-            docker_api_version=_str(env, "EXECUTOR_DOCKER_API_VERSION", d.docker_api_version),
-            docker_timeout=_float(env, "EXECUTOR_DOCKER_TIMEOUT", d.docker_timeout, 1.0),
-            sandbox_uids=_uid_range(env, "EXECUTOR_SANDBOX_UIDS", d.sandbox_uids),
-            concurrency=_int(env, "EXECUTOR_CONCURRENCY", d.concurrency, 1),
-            pool_size=_int(env, "EXECUTOR_POOL_SIZE", d.pool_size, 0),
-            pool_max_idle_s=_float(env, "EXECUTOR_POOL_MAX_IDLE", d.pool_max_idle_s, 1.0),
-            pool_refill_concurrency=_int(
-                env, "EXECUTOR_POOL_REFILL_CONCURRENCY", d.pool_refill_concurrency, 1
-            ),
-            max_starts=_int(env, "EXECUTOR_MAX_STARTS", d.max_starts, 1),
-            reap_interval_s=_float(env, "EXECUTOR_REAP_INTERVAL", d.reap_interval_s, 1.0),
-            history_size=_int(env, "EXECUTOR_HISTORY_SIZE", d.history_size, 1),
-            result_ttl_s=_int(env, "EXECUTOR_RESULT_TTL", d.result_ttl_s, 60),
-            queue_grace_s=_float(env, "EXECUTOR_QUEUE_GRACE", d.queue_grace_s, 0.0),
-            max_queue=_int(env, "EXECUTOR_MAX_QUEUE", d.max_queue, 1),
-            proxy_listen=_str(env, "PROXY_LISTEN", d.proxy_listen),
-            proxy_upstream=_str(env, "PROXY_UPSTREAM", d.proxy_upstream),
-            proxy_audit_log=_str(env, "PROXY_AUDIT_LOG", d.proxy_audit_log),
-            proxy_allowed_runtimes=tuple(r.strip() for r in runtimes.split(",")),
-            proxy_token=_str(env, "EXECUTOR_PROXY_TOKEN", d.proxy_token),
-            proxy_token_file=_str(env, "EXECUTOR_PROXY_TOKEN_FILE", d.proxy_token_file),
-            proxy_head_timeout=_float(env, "PROXY_HEAD_TIMEOUT", d.proxy_head_timeout, 0.1),
-            proxy_idle_timeout=_float(env, "PROXY_IDLE_TIMEOUT", d.proxy_idle_timeout, 0.1),
-            proxy_max_connections=_int(env, "PROXY_MAX_CONNECTIONS", d.proxy_max_connections, 1),
-            log_level=_str(env, "EXECUTOR_LOG_LEVEL", d.log_level).upper(),
-        )
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            variable, parse = f.metadata["variable"], f.metadata["parse"]
+            raw = env.get(variable)
+            if raw:
+                values[f.name] = parse(variable, raw)
+            elif f.metadata["env_default"] is not None:
+                values[f.name] = f.metadata["env_default"]()
+        settings = cls(**values)
         settings.validate()
         return settings
 
@@ -190,8 +179,3 @@ class Settings:
             raise SettingsError("EXECUTOR_DEFAULT_CPUS exceeds EXECUTOR_MAX_CPUS")
         if self.runtime not in self.proxy_allowed_runtimes:
             raise SettingsError(f"EXECUTOR_RUNTIME {self.runtime!r} is not an allowed runtime")
-
-    def public(self) -> dict[str, object]:
-        """The settings without anything that could hold a credential (for /status)."""
-        hidden = {"redis_url", "docker_host", "proxy_upstream", "proxy_token"}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}

@@ -1,30 +1,85 @@
-"""The shared counters as /status shows them, and in Prometheus text format for /metrics.
+"""Every counter of the service, by name, and the Prometheus series made of them.
 
-Pure functions over `Store.snapshot()`; the counters live in Redis, so every API process
-reports the same totals for the whole service.
+The counters live in one Redis hash (executor.store), so every API process reports the same
+totals for the whole service, whichever gunicorn or Celery process counted them. This module
+is the only one that spells a counter's or a metric's name: the store's scripts and the
+workers take the names from here.
+
+Histograms are counted the same way: a worker adds one to the bucket an observation falls in
+(and to its count and sum); `SnapshotCollector` turns the buckets into Prometheus' cumulative
+ones, and `generate_latest` writes the text.
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from executor.models import FINISHED
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Counter names: fields of the Redis hash executor:counters.
+SUBMITTED = "submitted"
+REJECTED = "rejected"
+CONTAINERS_CREATED = "containers_created"
+CONTAINERS_REMOVED = "containers_removed"
+CONTAINERS_FAILED = "containers_failed"  # failed to be created
+CONTAINERS_REAPED = "containers_reaped"
+DURATION_MS_TOTAL = "duration_ms_total"
+DURATION_COUNT = "duration_count"
+CONTAINER_EVENTS = {
+    CONTAINERS_CREATED: "Sandbox containers created.",
+    CONTAINERS_REMOVED: "Sandbox containers removed.",
+    CONTAINERS_FAILED: "Sandbox containers that failed to be created.",
+    CONTAINERS_REAPED: "Abandoned sandbox containers removed by a reaper.",
+}
 
 
-def counters(raw: dict[str, int]) -> dict[str, Any]:
+def executions(status: str) -> str:
+    """The counter of executions finished with `status`."""
+    return f"executions_{status}"
+
+
+# Histograms, by language and status; bucket bounds in seconds.
+DURATION = "execution_duration"
+QUEUE_WAIT = "queue_wait"
+HISTOGRAMS = {
+    DURATION: ("executor_execution_duration_seconds", "Wall time of the programs themselves."),
+    QUEUE_WAIT: ("executor_queue_wait_seconds", "From submission until a worker began."),
+}
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_HIST = "h|"  # h|<histogram>|<language>|<status>|<bucket index, or "sum" (ms), or "count">
+
+
+def observe(histogram: str, seconds: float, language: str, status: str) -> dict[str, int]:
+    """The counter increments that record one observation (language and status are checked
+    values: a language of the request schema, a status of the contract)."""
+    key = f"{_HIST}{histogram}|{language}|{status}|"
+    bucket = bisect.bisect_left(BUCKETS, seconds)  # len(BUCKETS) is +Inf
+    return {f"{key}{bucket}": 1, f"{key}count": 1, f"{key}sum": round(seconds * 1000)}
+
+
+def counters(raw: Mapping[str, int]) -> dict[str, Any]:
     """/status's counters from the raw Redis hash."""
-    count = raw.get("duration_count", 0)
+    count = raw.get(DURATION_COUNT, 0)
     return {
-        "submitted": raw.get("submitted", 0),
-        "executions": {status: raw.get(f"executions_{status}", 0) for status in FINISHED},
-        "rejected": raw.get("rejected", 0),
-        "timeouts": raw.get("executions_timeout", 0),
-        "containers_created": raw.get("containers_created", 0),
-        "containers_removed": raw.get("containers_removed", 0),
-        "containers_failed": raw.get("containers_failed", 0),
-        "average_duration_ms": round(raw.get("duration_ms_total", 0) / count, 1) if count else 0,
+        "submitted": raw.get(SUBMITTED, 0),
+        "executions": {status: raw.get(executions(status), 0) for status in FINISHED},
+        "rejected": raw.get(REJECTED, 0),
+        "timeouts": raw.get(executions("timeout"), 0),
+        **{name: raw.get(name, 0) for name in CONTAINER_EVENTS},
+        "average_duration_ms": round(raw.get(DURATION_MS_TOTAL, 0) / count, 1) if count else 0,
     }
 
 
@@ -35,91 +90,110 @@ def pool_totals(workers: list[dict[str, Any]]) -> dict[str, int]:
     return {"warm": warm, "target": target}
 
 
-def _label(value: Any) -> str:
-    text = str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return f'"{text}"'
+def idle_by_language(workers: list[dict[str, Any]]) -> dict[str, int]:
+    """Warm containers waiting, per language, summed over the live workers."""
+    idle: dict[str, int] = {}
+    for worker in workers:
+        for language, n in (worker.get("idle") or {}).items():
+            idle[str(language)] = idle.get(str(language), 0) + int(n)
+    return idle
 
 
-def render(snapshot: dict[str, Any]) -> str:
-    """Prometheus text exposition (version 0.0.4) of a Store.snapshot()."""
-    raw: dict[str, int] = snapshot["counters"]
-    workers: list[dict[str, Any]] = snapshot["workers"]
-    lines: list[str] = []
+class SnapshotCollector:
+    """A prometheus_client collector over `Store.snapshot()` (read at each scrape)."""
 
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, Any]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{labels} {value}" for labels, value in samples)
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self._snapshot = snapshot
 
-    metric(
-        "executor_executions_total",
-        "counter",
-        "Finished executions by status.",
-        [(f"{{status={_label(s)}}}", raw.get(f"executions_{s}", 0)) for s in FINISHED],
-    )
-    metric(
-        "executor_submitted_total",
-        "counter",
-        "Executions submitted.",
-        [("", raw.get("submitted", 0))],
-    )
-    metric(
-        "executor_rejected_total",
-        "counter",
-        "Queued payloads that failed validation.",
-        [("", raw.get("rejected", 0))],
-    )
-    metric(
-        "executor_timeouts_total",
-        "counter",
-        "Programs killed at their deadline.",
-        [("", raw.get("executions_timeout", 0))],
-    )
-    for event, text in (
-        ("created", "Sandbox containers created."),
-        ("removed", "Sandbox containers removed."),
-        ("failed", "Sandbox containers that failed to be created."),
-    ):
-        metric(
-            f"executor_containers_{event}_total",
-            "counter",
-            text,
-            [("", raw.get(f"containers_{event}", 0))],
+    def collect(self) -> Iterator[Metric]:
+        snap = self._snapshot()
+        raw: dict[str, int] = snap["counters"]
+        workers: list[dict[str, Any]] = snap["workers"]
+        by_status = CounterMetricFamily(
+            "executor_executions", "Finished executions by status.", labels=["status"]
         )
-    metric(
-        "executor_execution_duration_seconds",
-        "summary",
-        "Wall time of the programs themselves.",
-        [
-            ("_sum", raw.get("duration_ms_total", 0) / 1000),  # name_sum, name_count
-            ("_count", raw.get("duration_count", 0)),
-        ],
-    )
-    metric(
-        "executor_queue_depth",
-        "gauge",
-        "Executions waiting for a worker.",
-        [("", snapshot["queue"])],
-    )
-    pool = pool_totals(workers)
-    metric("executor_pool_warm", "gauge", "Warm containers over all workers.", [("", pool["warm"])])
-    metric(
-        "executor_pool_target",
-        "gauge",
-        "Warm containers wanted over all workers.",
-        [("", pool["target"])],
-    )
-    metric("executor_workers", "gauge", "Workers alive (heartbeating).", [("", len(workers))])
-    metric(
-        "executor_worker_active",
-        "gauge",
-        "Executions running now, per worker.",
-        [(f"{{worker={_label(w.get('name'))}}}", w.get("active", 0)) for w in workers],
-    )
-    metric(
-        "executor_worker_processed_total",
-        "counter",
-        "Executions finished by each worker since it started.",
-        [(f"{{worker={_label(w.get('name'))}}}", w.get("processed", 0)) for w in workers],
-    )
-    return "\n".join(lines) + "\n"
+        for status in FINISHED:
+            by_status.add_metric([status], raw.get(executions(status), 0))
+        yield by_status
+        yield CounterMetricFamily(
+            "executor_submitted", "Executions submitted.", value=raw.get(SUBMITTED, 0)
+        )
+        yield CounterMetricFamily(
+            "executor_rejected",
+            "Queued payloads that failed validation.",
+            value=raw.get(REJECTED, 0),
+        )
+        yield CounterMetricFamily(
+            "executor_timeouts",
+            "Programs killed at their deadline.",
+            value=raw.get(executions("timeout"), 0),
+        )
+        for name, text in CONTAINER_EVENTS.items():
+            yield CounterMetricFamily(f"executor_{name}", text, value=raw.get(name, 0))
+        yield from _histograms(raw)
+        yield GaugeMetricFamily(
+            "executor_queue_depth", "Executions waiting for a worker.", value=snap["queue"]
+        )
+        pool = pool_totals(workers)
+        yield GaugeMetricFamily(
+            "executor_pool_warm", "Warm containers over all workers.", value=pool["warm"]
+        )
+        yield GaugeMetricFamily(
+            "executor_pool_target", "Warm containers wanted over all workers.", value=pool["target"]
+        )
+        idle = GaugeMetricFamily(
+            "executor_pool_idle", "Warm containers waiting, per language.", labels=["language"]
+        )
+        for language, n in sorted(idle_by_language(workers).items()):
+            idle.add_metric([language], n)
+        yield idle
+        yield GaugeMetricFamily(
+            "executor_workers", "Workers alive (heartbeating).", value=len(workers)
+        )
+        active = GaugeMetricFamily(
+            "executor_worker_active", "Executions running now, per worker.", labels=["worker"]
+        )
+        processed = CounterMetricFamily(
+            "executor_worker_processed",
+            "Executions finished by each worker since it started.",
+            labels=["worker"],
+        )
+        for w in workers:
+            active.add_metric([str(w.get("name"))], w.get("active", 0))
+            processed.add_metric([str(w.get("name"))], w.get("processed", 0))
+        yield active
+        yield processed
+
+
+def _histograms(raw: Mapping[str, int]) -> Iterable[Metric]:
+    # {histogram: {(language, status): {"0".."13", "sum", "count": n}}}
+    found: dict[str, dict[tuple[str, str], dict[str, int]]] = {h: {} for h in HISTOGRAMS}
+    for field, n in raw.items():
+        if not field.startswith(_HIST):
+            continue
+        parts = field[len(_HIST) :].split("|")
+        if len(parts) == 4 and parts[0] in found:
+            histogram, language, status, part = parts
+            found[histogram].setdefault((language, status), {})[part] = n
+    for histogram, series in found.items():
+        name, text = HISTOGRAMS[histogram]
+        family = HistogramMetricFamily(name, text, labels=["language", "status"])
+        for (language, status), counts in sorted(series.items()):
+            cumulative, buckets = 0, []
+            for i, bound in enumerate((*BUCKETS, float("inf"))):
+                cumulative += counts.get(str(i), 0)
+                buckets.append(("+Inf" if i == len(BUCKETS) else str(bound), cumulative))
+            family.add_metric([language, status], buckets, counts.get("sum", 0) / 1000)
+        yield family
+
+
+def registry(snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    """A registry of the service's series, read from `snapshot` at each scrape."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text of `registry`."""
+    return generate_latest(registry)

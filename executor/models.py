@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 STATUSES = ("success", "error", "timeout", "memory_limit", "compile_error")
 FINISHED = (*STATUSES, "internal_error")
+
+
+def iso(epoch: float | None = None) -> str:
+    """ISO 8601 in UTC with milliseconds (of `epoch`, default now): every timestamp we send."""
+    moment = datetime.fromtimestamp(time.time() if epoch is None else epoch, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -18,9 +26,6 @@ class Limits:
     cpus: float
     pids: int
     tmpfs_mb: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,6 @@ class Language:
     run: tuple[str, ...]
     compile: tuple[str, ...] | None = None
     inline_python: bool = False  # run in the runner's pre-started interpreter (no exec)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "image": self.image}
 
 
 @dataclass(frozen=True)

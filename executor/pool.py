@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from executor.models import Language
 from executor.policy import profile_name
@@ -92,15 +93,23 @@ class WarmPool:
             self._cond.notify_all()
         return None
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         with self._cond:
             return {
                 "warm": sum(len(q) for q in self._idle.values()),
+                "idle": self._idle_by_language_locked(),
                 "starting": sum(self._starting.values()),
                 "target": self.size * len(self.profiles),
                 "handed_out": self.handed_out,
                 "misses": self.misses,
             }
+
+    def _idle_by_language_locked(self) -> dict[str, int]:
+        idle: dict[str, int] = {}
+        for name, queue in self._idle.items():
+            language = self.profiles[name].language.name
+            idle[language] = idle.get(language, 0) + len(queue)
+        return idle
 
     def stop(self) -> None:
         """Stop refilling and dispose of every idle container."""

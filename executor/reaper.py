@@ -14,10 +14,11 @@ import threading
 import time
 from typing import Any
 
+from executor import metrics
 from executor.engine import Engine
 from executor.policy import LABEL_WORKER, SANDBOX_LABEL_FILTER
 from executor.protocol import COMPILE_TIMEOUT_S
-from executor.sandbox import DEADLINE_GRACE_S
+from executor.sandbox import DEADLINE_GRACE_S, Events
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,20 @@ class Reaper:
     """Finds and removes abandoned sandboxes, once on start and then every `interval` seconds."""
 
     def __init__(
-        self, engine: Engine, owner: str, max_timeout: float, max_idle_s: float, interval: float
+        self,
+        engine: Engine,
+        owner: str,
+        max_timeout: float,
+        max_idle_s: float,
+        interval: float,
+        events: Events | None = None,
     ) -> None:
         self.engine = engine
         self.owner = owner
         self.instance = owner.rsplit(":", 2)[0]
         self.max_age_s = max_idle_s + max_timeout + COMPILE_TIMEOUT_S + DEADLINE_GRACE_S + 60
         self.interval = interval
-        self.reaped = 0
+        self.events: Events = events or (lambda name, n: None)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -94,5 +101,6 @@ class Reaper:
             if reason and self.engine.remove(str(container["Id"])):
                 log.info("reaped sandbox %s: %s", str(container["Id"])[:12], reason)
                 removed += 1
-        self.reaped += removed
+        if removed:
+            self.events(metrics.CONTAINERS_REAPED, removed)
         return removed

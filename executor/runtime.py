@@ -1,47 +1,40 @@
 """A worker process's runtime: the one ExecutionService, the records, the heartbeat.
 
 Each worker process holds one `WorkerRuntime`. `start()` (on worker start, or lazily by the
-first task) warms the sandbox pool and begins beating; `execute()` is what the Celery task
-does with one message; `stop()` (on worker shutdown) drains the pool and says goodbye.
+first task) warms the sandbox pool and begins beating (executor.heartbeat); `execute()` is
+what the Celery task does with one message; `stop()` (on worker shutdown) drains the pool and
+says goodbye.
 
 An execution's life on a worker: claim its record (queued -> running, or create it for a
-producer that bypassed HTTP), validate the payload, run it, finish the record with the result
-and wake the waiter. A message delivered a second time (Redis re-delivers an unacknowledged
-message whose worker died) is never run again: untrusted code must not run twice because a
-worker was lost. The execution is finished as `internal_error` / `execution_lost` instead,
-by the first process that notices its worker's heartbeat has stopped.
-
-Celery's time limits are not enforced by its threads pool, so the heartbeat thread is the
-backstop: an execution still running past the hard limit is finished as a sandbox_error
-(its sandbox's own deadline and the pool's reaper still remove the container).
+producer that bypassed HTTP), validate the payload (with the API's request schema), run it,
+finish the record with the result and wake the waiter. A message delivered a second time
+(Redis re-delivers an unacknowledged message whose worker died) is never run again: untrusted
+code must not run twice because a worker was lost. The execution is finished as
+`internal_error` / `execution_lost` instead, by the first process that notices its worker's
+heartbeat has stopped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
-import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from executor import metrics
+from executor.celery_app import TimeLimits
 from executor.config import Settings
 from executor.errors import ExecutorError, InvalidRequest, SandboxError, error_for
-from executor.models import RunRequest, RunResult
-from executor.store import HEARTBEAT_INTERVAL_S, Claim, Store, iso
-from executor.validation import Bounds, parse_request
+from executor.heartbeat import Backstop, Events, Heartbeat, PoolStats
+from executor.models import RunRequest, RunResult, iso
+from executor.request_schema import parse_request, request_schema
+from executor.store import Claim, Store
 
 log = logging.getLogger(__name__)
 
-POOL_STATS_WAIT_S = 0.2
-
-Events = Callable[[str, int], None]
+EventSink = Callable[[str, int], None]
 
 
 class Service(Protocol):
@@ -50,29 +43,13 @@ class Service(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def run(self, request: RunRequest, execution_id: str) -> RunResult: ...
-    def pool_stats(self) -> dict[str, int]: ...
+    def pool_stats(self) -> dict[str, Any]: ...
 
 
-def default_service(settings: Settings, events: Events) -> Service:
+def default_service(settings: Settings, events: EventSink) -> Service:
     from executor.service import ExecutionService  # the worker's heavy half
 
     return ExecutionService(settings, events)
-
-
-@dataclass(frozen=True)
-class TimeLimits:
-    """Celery's limits for one execution: beyond the sandbox's own deadline, as a backstop."""
-
-    soft_s: float
-    hard_s: float
-    visibility_s: float  # Redis re-delivers an unacknowledged message after this long
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TimeLimits:
-        # A run may need a few Docker calls (create, start, attach, remove) beside the program.
-        soft = settings.max_timeout + 2 * settings.docker_timeout
-        hard = soft + settings.docker_timeout
-        return cls(soft_s=soft, hard_s=hard, visibility_s=hard + 60.0)
 
 
 class WorkerRuntime:
@@ -82,12 +59,11 @@ class WorkerRuntime:
         self,
         settings: Settings,
         *,
-        service_factory: Callable[[Settings, Events], Service] = default_service,
+        service_factory: Callable[[Settings, EventSink], Service] = default_service,
         store: Store | None = None,
     ) -> None:
         self.settings = settings
-        self.bounds = Bounds.from_settings(settings)
-        self.limits = TimeLimits.from_settings(settings)
+        self.requests = request_schema(settings)()
         self.incarnation = f"{settings.instance}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.name = f"celery@{settings.instance}"
         self.store = store or Store(
@@ -96,17 +72,14 @@ class WorkerRuntime:
         self._service_factory = service_factory
         self._service: Service | None = None
         self._lock = threading.Lock()
-        self._events: Counter[str] = Counter()
-        self._active: dict[str, float] = {}  # execution id -> monotonic start
-        self._warned: set[str] = set()  # past the soft limit
-        self._overdue: set[str] = set()  # past the hard limit, record finished
         self._processed = 0
         self._started_at = ""
-        self._stopping = threading.Event()
-        self._beater: threading.Thread | None = None
-        self._stats_reader = ThreadPoolExecutor(1, "pool-stats")
-        self._pool_query: Future[dict[str, int]] | None = None
-        self._last_pool: dict[str, int] = {"warm": 0, "target": 0}
+        self.events = Events()
+        self.backstop = Backstop(TimeLimits.from_settings(settings), self._fail)
+        self.heartbeat = Heartbeat(
+            self.store, self.incarnation, self.info, self.events, self.backstop
+        )
+        self._pool_stats = PoolStats()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -121,32 +94,29 @@ class WorkerRuntime:
                 self.name = name
             if self._service is not None:
                 return
-            self._service = self._service_factory(self.settings, self._count_event)
-            self._started_at = iso(time.time())
+            self._service = self._service_factory(self.settings, self.events)
+            self._started_at = iso()
         self._service.start()
         try:
-            self._beat()
+            self.heartbeat.beat()
             lost = self.store.sweep_lost()
             if lost:
                 log.warning("marked %d executions of dead workers as lost: %s", len(lost), lost)
         except ExecutorError as e:
             log.warning("worker %s started without Redis: %s", self.incarnation, e)
-        self._beater = threading.Thread(target=self._beat_forever, name="heartbeat", daemon=True)
-        self._beater.start()
+        self.heartbeat.start()
         log.info("worker %s started (incarnation %s)", self.name, self.incarnation)
 
     def stop(self) -> None:
         """Stop beating, drain the pool, and mark whatever still ran here as lost."""
-        self._stopping.set()
-        if self._beater is not None:
-            self._beater.join(timeout=5)
+        self.heartbeat.stop()
         with self._lock:
             service, self._service = self._service, None
         if service is not None:
             service.stop()
-        self._stats_reader.shutdown(wait=False, cancel_futures=True)
+        self._pool_stats.close()
         try:
-            self._flush_events_only()
+            self.heartbeat.flush()
             lost = self.store.forget_worker(self.incarnation)
             if lost:
                 log.warning("executions lost at shutdown: %s", lost)
@@ -174,12 +144,12 @@ class WorkerRuntime:
         )
         if not claim.claimed:
             return self._redelivered(execution_id, claim)
-        with self._running(execution_id):
+        with self.backstop.running(execution_id):
             try:
-                request = parse_request(payload, self.bounds)
+                request = parse_request(self.requests, payload)
             except InvalidRequest as e:
                 log.warning("execution %s rejected: %s", execution_id, e.message)
-                self._fail(execution_id, e, counter="rejected")
+                self._fail(execution_id, e, counter=metrics.REJECTED)
                 raise
             try:
                 result = service.run(request, execution_id)
@@ -197,6 +167,7 @@ class WorkerRuntime:
                 raise self._taken_away(execution_id)
         with self._lock:
             self._processed += 1
+        self._observe(body)
         log.info(
             "execution %s finished: %s in %d ms", execution_id, body["status"], result.duration_ms
         )
@@ -218,6 +189,15 @@ class WorkerRuntime:
         body["created_at"] = claim.created_at
         body.update(data)  # started_at, finished_at, and whatever the sandbox adds
         return body
+
+    def _observe(self, body: dict[str, Any]) -> None:
+        """Add one run to the duration and queue-wait histograms."""
+        language, status = str(body["language"]), str(body["status"])
+        for histogram, ms in (
+            (metrics.DURATION, body["duration_ms"]),
+            (metrics.QUEUE_WAIT, body["queued_ms"]),
+        ):
+            self.events.add(metrics.observe(histogram, ms / 1000, language, status))
 
     def _fail(self, execution_id: str, error: ExecutorError, counter: str | None = None) -> None:
         body: dict[str, Any] = {
@@ -261,101 +241,26 @@ class WorkerRuntime:
             return error_for(str(record.payload.get("code")), str(record.payload.get("message")))
         return ExecutorError(f"execution {execution_id}: its record was finished by another")
 
-    @contextlib.contextmanager
-    def _running(self, execution_id: str) -> Iterator[None]:
-        with self._lock:
-            self._active[execution_id] = time.monotonic()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._active.pop(execution_id, None)
-                self._overdue.discard(execution_id)
-                self._warned.discard(execution_id)
-
-    # -- heartbeat, events, the time-limit backstop --------------------------------------
-
-    def _count_event(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._events[name] += n
-
-    def _take_events(self) -> dict[str, int]:
-        with self._lock:
-            events, self._events = dict(self._events), Counter()
-        return events
-
-    def _pool_stats(self) -> dict[str, int]:
-        """The pool's size, never holding up a heartbeat: a slow answer is used next time."""
-        service = self._service
-        if service is not None and (self._pool_query is None or self._pool_query.done()):
-            self._pool_query = self._stats_reader.submit(service.pool_stats)
-        if self._pool_query is not None:
-            try:
-                stats = self._pool_query.result(timeout=POOL_STATS_WAIT_S)
-                self._last_pool = {"warm": stats.get("warm", 0), "target": stats.get("target", 0)}
-            except FutureTimeout:
-                pass
-            except Exception as e:  # noqa: BLE001 - the pool must not stop the heartbeat
-                log.warning("pool stats failed: %s", e)
-        return dict(self._last_pool)
+    # -- what the heartbeat sends ------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
         """This worker as /status shows it."""
-        pool = self._pool_stats()
+        service = self._service
+        stats = self._pool_stats.read(service.pool_stats if service is not None else None)
         with self._lock:
-            active, processed = len(self._active), self._processed
+            processed = self._processed
         return {
             "name": self.name,
             "instance": self.settings.instance,
             "incarnation": self.incarnation,
             "pid": os.getpid(),
-            "active": active,
+            "active": self.backstop.active(),
             "processed": processed,
             "concurrency": self.settings.concurrency,
-            "pool": pool,
+            "pool": {"warm": stats["warm"], "target": stats["target"]},
+            "idle": stats["idle"],
             "started_at": self._started_at,
         }
-
-    def _beat(self) -> None:
-        events = self._take_events()
-        try:
-            self.store.beat(self.incarnation, self.info(), events)
-        except ExecutorError:
-            with self._lock:  # keep the counts for the next beat
-                self._events.update(events)
-            raise
-
-    def _flush_events_only(self) -> None:
-        events = self._take_events()
-        if events:
-            self.store.beat(self.incarnation, self.info(), events)
-
-    def _beat_forever(self) -> None:
-        while not self._stopping.wait(HEARTBEAT_INTERVAL_S):
-            try:
-                self._beat()
-                self.store.sweep_lost()
-                self._enforce_time_limits()
-            except ExecutorError as e:
-                log.warning("heartbeat failed: %s", e)
-            except Exception:
-                log.exception("heartbeat failed")
-
-    def _enforce_time_limits(self) -> None:
-        """Warn at the soft limit; finish the record as a sandbox_error at the hard one."""
-        now = time.monotonic()
-        with self._lock:
-            running = [(i, now - start) for i, start in self._active.items()]
-        for execution_id, elapsed in running:
-            if elapsed > self.limits.soft_s and execution_id not in self._warned:
-                self._warned.add(execution_id)
-                log.warning("execution %s passed the soft time limit", execution_id)
-            if elapsed > self.limits.hard_s and execution_id not in self._overdue:
-                self._overdue.add(execution_id)
-                log.error("execution %s passed the hard time limit", execution_id)
-                limit = f"{self.limits.hard_s:g} s"
-                error = SandboxError(f"the execution passed the worker's hard time limit ({limit})")
-                self._fail(execution_id, error)
 
 
 def _language_of(payload: Any) -> str:

@@ -18,12 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
+from executor import metrics
 from executor.config import Settings
 from executor.engine import Engine
 from executor.errors import ContainerLost, SandboxError, UidInUse
-from executor.models import Language, Limits, RunRequest, RunResult, StepResult
+from executor.models import Language, Limits, RunRequest, RunResult, StepResult, iso
 from executor.policy import profile_name, sandbox_config
 from executor.protocol import COMPILE_TIMEOUT_S, Reply, Step, encode_request
 from executor.uids import UidAllocator, UidsExhausted
@@ -34,10 +34,6 @@ DEADLINE_GRACE_S = 1.0  # the runner kills at the deadline; we kill the containe
 UID_ATTEMPTS = 5  # draws of a uid before a create gives up (another worker may hold each)
 
 Events = Callable[[str, int], None]
-
-
-def utcnow() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -109,7 +105,7 @@ class Sandbox:
             try:
                 uid = self.uids.acquire()
             except UidsExhausted as e:
-                self.events("containers_failed", 1)
+                self.events(metrics.CONTAINERS_FAILED, 1)
                 raise SandboxError(f"cannot create a sandbox: {e}") from None
             config = sandbox_config(
                 image=language.image,
@@ -131,11 +127,11 @@ class Sandbox:
                 continue
             except BaseException:
                 self.uids.release(uid)
-                self.events("containers_failed", 1)
+                self.events(metrics.CONTAINERS_FAILED, 1)
                 raise
-            self.events("containers_created", 1)
+            self.events(metrics.CONTAINERS_CREATED, 1)
             return container_id, uid
-        self.events("containers_failed", 1)
+        self.events(metrics.CONTAINERS_FAILED, 1)
         raise SandboxError(f"no free sandbox uid after {UID_ATTEMPTS} draws")
 
     def wait_ready(self, container: Container, timeout: float) -> bool:
@@ -180,7 +176,7 @@ class Sandbox:
             return
         finally:
             self.uids.release(uid)
-        self.events("containers_removed", 1)
+        self.events(metrics.CONTAINERS_REMOVED, 1)
 
     def execute(self, container: Container, request: RunRequest) -> RunResult:
         """Run `request` in `container` (once). Outcomes of the program are data; faults raise.
@@ -200,7 +196,7 @@ class Sandbox:
             raise ContainerLost(
                 f"container {container.id[:12]} ended before its program arrived: {e}"
             ) from None
-        started_at = utcnow()
+        started_at = iso()
         delivered = time.monotonic()
         budget = limits.timeout + (COMPILE_TIMEOUT_S if language.compile else 0.0)
         deadline = delivered + budget + DEADLINE_GRACE_S
@@ -309,7 +305,7 @@ class Sandbox:
             limits=request.limits,
             compile=compile_step,
             started_at=started_at,
-            finished_at=utcnow(),
+            finished_at=iso(),
             container_id=container.id,
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from executor.config import Settings
 from executor.engine import Engine
@@ -48,6 +49,7 @@ class ExecutionService:
             max_timeout=settings.max_timeout,
             max_idle_s=settings.pool_max_idle_s,
             interval=settings.reap_interval_s,
+            events=events,
         )
         self._lock = threading.Lock()
         self._started = False
@@ -114,5 +116,5 @@ class ExecutionService:
         except RuntimeError:  # shutting down: remove it now
             self.sandbox.destroy(container)
 
-    def pool_stats(self) -> dict[str, int]:
+    def pool_stats(self) -> dict[str, Any]:
         return self.pool.stats()

@@ -26,7 +26,6 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -34,11 +33,20 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from executor import metrics
 from executor.errors import ExecutorError, NoWorkers, QueueFull, RedisUnavailable
+from executor.models import iso
+from executor.names import (
+    COUNTERS,
+    DONE,
+    QUEUE_KEYS,
+    RECENT,
+    RECORD,
+    RUNNING,
+    WORKER,
+    WORKERS,
+)
 
-PREFIX = "executor:"
-QUEUE = "executor"  # the Celery queue; kombu keeps one Redis list per priority step
-_KOMBU_PRIORITY_KEYS = (QUEUE, *(f"{QUEUE}\x06\x16{p}" for p in (3, 6, 9)))
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_S = 6  # a worker silent for this long is taken for dead
 DONE_TTL_S = 30  # how long a finished payload waits for the POST /execute that asked for it
@@ -64,7 +72,7 @@ redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', 'queued', 'language', ARGV[
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
-redis.call('HINCRBY', KEYS[3], 'submitted', 1)
+redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
 return {'ok', depth}
 """
 
@@ -75,7 +83,7 @@ if not status then
              'created_at', ARGV[5])
   redis.call('LPUSH', KEYS[2], ARGV[1])
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
-  redis.call('HINCRBY', KEYS[3], 'submitted', 1)
+  redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
 elseif status ~= 'queued' then
   return {status, redis.call('HGET', KEYS[1], 'incarnation') or '',
           redis.call('HGET', KEYS[1], 'result') or ''}
@@ -96,8 +104,8 @@ end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4])
 if ARGV[5] ~= '' then
   redis.call('HSET', KEYS[1], 'duration_ms', ARGV[5])
-  redis.call('HINCRBY', KEYS[3], 'duration_ms_total', ARGV[5])
-  redis.call('HINCRBY', KEYS[3], 'duration_count', 1)
+  redis.call('HINCRBY', KEYS[3], ARGV[9], ARGV[5])
+  redis.call('HINCRBY', KEYS[3], ARGV[10], 1)
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('HDEL', KEYS[2], ARGV[1])
@@ -123,7 +131,7 @@ for i = 1, #entries, 2 do
                                  message = message})
       redis.call('HSET', rec, 'status', 'internal_error', 'result', body)
       redis.call('EXPIRE', rec, ARGV[4])
-      redis.call('HINCRBY', KEYS[2], 'executions_internal_error', 1)
+      redis.call('HINCRBY', KEYS[2], ARGV[7], 1)
       redis.call('LPUSH', ARGV[3] .. id, body)
       redis.call('EXPIRE', ARGV[3] .. id, ARGV[5])
       table.insert(lost, id)
@@ -132,13 +140,6 @@ for i = 1, #entries, 2 do
 end
 return lost
 """
-
-
-def iso(epoch: float) -> str:
-    """ISO 8601 in UTC with milliseconds, as every timestamp of the service."""
-    return (
-        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
 
 
 def safe_address(url: str) -> str:
@@ -175,10 +176,6 @@ class Record:
     created: float
     worker: str
     payload: dict[str, Any] | None
-
-    @property
-    def finished(self) -> bool:
-        return self.payload is not None
 
 
 @dataclass(frozen=True)
@@ -267,10 +264,10 @@ class Store:
         now = time.time()
         keys = [
             _record(execution_id),
-            PREFIX + "recent",
-            PREFIX + "counters",
-            PREFIX + "workers",
-            *_KOMBU_PRIORITY_KEYS,
+            RECENT,
+            COUNTERS,
+            WORKERS,
+            *QUEUE_KEYS,
         ]
         args: list[str | int | float] = [
             execution_id,
@@ -281,7 +278,7 @@ class Store:
             self.history_size,
         ]
         with self._translated("record a submission"):
-            outcome, depth = self._submit(keys, [*args, max_queue, PREFIX + "worker:"])
+            outcome, depth = self._submit(keys, [*args, max_queue, WORKER, metrics.SUBMITTED])
         if outcome == "full":
             raise QueueFull(f"{depth} executions are waiting (EXECUTOR_MAX_QUEUE is {max_queue})")
         if outcome == "no_workers":
@@ -295,15 +292,15 @@ class Store:
         with self._translated("discard a submission"):
             pipe = self.redis.pipeline(transaction=True)
             pipe.delete(_record(execution_id))
-            pipe.lrem(PREFIX + "recent", 1, execution_id)
-            pipe.hincrby(PREFIX + "counters", "submitted", -1)
+            pipe.lrem(RECENT, 1, execution_id)
+            pipe.hincrby(COUNTERS, metrics.SUBMITTED, -1)
             pipe.execute()
 
     def wait(self, execution_id: str, seconds: float) -> dict[str, Any] | None:
         """The final payload of `execution_id` once it finishes within `seconds`, else None."""
         timeout = max(0.01, min(seconds, WAIT_SLICE_S))
         with self._translated("wait for a result"):
-            popped = self.redis.blpop([PREFIX + "done:" + execution_id], timeout=timeout)
+            popped = self.redis.blpop([DONE + execution_id], timeout=timeout)
         if popped is None:
             return None
         return cast(dict[str, Any], json.loads(popped[1]))
@@ -343,9 +340,9 @@ class Store:
         now = time.time()
         keys = [
             _record(execution_id),
-            PREFIX + "recent",
-            PREFIX + "counters",
-            PREFIX + "running",
+            RECENT,
+            COUNTERS,
+            RUNNING,
         ]
         args: list[str | int | float] = [
             execution_id,
@@ -356,7 +353,7 @@ class Store:
             self.ttl_s,
         ]
         with self._translated("claim an execution"):
-            reply = self._claim(keys, [*args, self.history_size, language])
+            reply = self._claim(keys, [*args, self.history_size, language, metrics.SUBMITTED])
         if reply[0] == "claimed":
             return Claim(True, "running", now, float(reply[1]), str(reply[2]), incarnation)
         payload = json.loads(reply[2]) if reply[2] else None
@@ -379,9 +376,9 @@ class Store:
         duration = payload.get("duration_ms")
         keys = [
             _record(execution_id),
-            PREFIX + "running",
-            PREFIX + "counters",
-            PREFIX + "done:" + execution_id,
+            RUNNING,
+            COUNTERS,
+            DONE + execution_id,
         ]
         args: list[str | int | float] = [
             execution_id,
@@ -391,38 +388,44 @@ class Store:
             str(int(duration)) if isinstance(duration, int | float) else "",
             self.ttl_s,
             DONE_TTL_S,
-            counter or f"executions_{status}",
+            counter or metrics.executions(status),
+            metrics.DURATION_MS_TOTAL,
+            metrics.DURATION_COUNT,
         ]
         with self._translated("store a result"):
             return bool(self._finish(keys, args))
 
     def sweep_lost(self) -> list[str]:
         """Finish as internal_error every running execution whose worker stopped beating."""
-        keys = [PREFIX + "running", PREFIX + "counters"]
+        keys = [RUNNING, COUNTERS]
         args: list[str | int | float] = [
-            PREFIX + "execution:",
-            PREFIX + "worker:",
-            PREFIX + "done:",
+            RECORD,
+            WORKER,
+            DONE,
         ]
         with self._translated("look for lost executions"):
-            return cast(list[str], self._sweep(keys, [*args, self.ttl_s, DONE_TTL_S, LOST_MESSAGE]))
+            lost = self._sweep(
+                keys,
+                [*args, self.ttl_s, DONE_TTL_S, LOST_MESSAGE, metrics.executions("internal_error")],
+            )
+        return cast(list[str], lost)
 
     def beat(self, incarnation: str, info: Mapping[str, Any], counts: Mapping[str, int]) -> None:
         """Say that `incarnation` is alive (with `info` for /status) and add `counts`."""
         with self._translated("send a heartbeat"):
             pipe = self.redis.pipeline(transaction=False)
-            pipe.set(PREFIX + "worker:" + incarnation, json.dumps(info), ex=HEARTBEAT_TTL_S)
-            pipe.zadd(PREFIX + "workers", {incarnation: time.time()})
+            pipe.set(WORKER + incarnation, json.dumps(info), ex=HEARTBEAT_TTL_S)
+            pipe.zadd(WORKERS, {incarnation: time.time()})
             for name, n in counts.items():
                 if n:
-                    pipe.hincrby(PREFIX + "counters", name, n)
+                    pipe.hincrby(COUNTERS, name, n)
             pipe.execute()
 
     def forget_worker(self, incarnation: str) -> list[str]:
         """A worker's goodbye: its heartbeat goes, and whatever it still ran is lost."""
         with self._translated("remove a worker"):
-            self.redis.delete(PREFIX + "worker:" + incarnation)
-            self.redis.zrem(PREFIX + "workers", incarnation)
+            self.redis.delete(WORKER + incarnation)
+            self.redis.zrem(WORKERS, incarnation)
         return self.sweep_lost()
 
     # -- what operators see ------------------------------------------------------------------
@@ -430,7 +433,7 @@ class Store:
     def queue_depth(self) -> int:
         with self._translated("measure the queue"):
             pipe = self.redis.pipeline(transaction=False)
-            for key in _KOMBU_PRIORITY_KEYS:
+            for key in QUEUE_KEYS:
                 pipe.llen(key)
             return sum(int(n) for n in pipe.execute())
 
@@ -442,19 +445,19 @@ class Store:
         """Workers, queue depth, counters and recent executions, in two round trips."""
         with self._translated("read the service's state"):
             pipe = self.redis.pipeline(transaction=False)
-            pipe.zrange(PREFIX + "workers", 0, -1)
-            for key in _KOMBU_PRIORITY_KEYS:
+            pipe.zrange(WORKERS, 0, -1)
+            for key in QUEUE_KEYS:
                 pipe.llen(key)
-            pipe.hgetall(PREFIX + "counters")
+            pipe.hgetall(COUNTERS)
             if recent:
-                pipe.lrange(PREFIX + "recent", 0, self.history_size - 1)
+                pipe.lrange(RECENT, 0, self.history_size - 1)
             incs, *rest = pipe.execute()
-            depths = rest[: len(_KOMBU_PRIORITY_KEYS)]
-            counters, *more = rest[len(_KOMBU_PRIORITY_KEYS) :]
+            depths = rest[: len(QUEUE_KEYS)]
+            counters, *more = rest[len(QUEUE_KEYS) :]
             ids: list[str] = more[0] if recent else []
             pipe = self.redis.pipeline(transaction=False)
             for inc in incs:
-                pipe.get(PREFIX + "worker:" + inc)
+                pipe.get(WORKER + inc)
             for execution_id in ids:
                 pipe.hmget(_record(execution_id), *_RECENT_FIELDS)
             replies = pipe.execute() if incs or ids else []
@@ -489,4 +492,4 @@ def _recent_entry(execution_id: str, row: list[str | None]) -> dict[str, Any]:
 
 
 def _record(execution_id: str) -> str:
-    return PREFIX + "execution:" + execution_id
+    return RECORD + execution_id

@@ -16,8 +16,8 @@ from executor import __version__
 from executor.celery_app import create_celery
 from executor.config import Settings
 from executor.errors import PayloadTooLarge
+from executor.request_schema import max_body_bytes, request_schema
 from executor.store import Store
-from executor.validation import Bounds
 from executor.web import docs, executions, operations, schemas
 from executor.web.context import EXTENSION, Context
 from executor.web.errors import ExecutorApi, register_error_handlers
@@ -39,25 +39,29 @@ def create_app(
 ) -> Flask:
     """The API for `settings` (dependencies may be given, for tests)."""
     app = Flask("executor", static_folder=None)
-    bounds = Bounds.from_settings(settings)
+    body_limit = max_body_bytes(settings)
+    requests = request_schema(settings)
     app.config.update(
         API_TITLE="Executor Service",
         API_VERSION=__version__,
         API_SPEC_OPTIONS={"info": {"description": DESCRIPTION}},
-        MAX_CONTENT_LENGTH=bounds.max_body_bytes,
+        MAX_CONTENT_LENGTH=body_limit,
         **docs.config(),
     )
+    # Replies keep their schema's field order, and their text as it is.
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
     store = store or Store(
         settings.redis_url, ttl_s=settings.result_ttl_s, history_size=settings.history_size
     )
     celery = celery or create_celery(settings)
     health = Health(docker or default_docker(settings), store, celery_pinger(celery))
-    app.extensions[EXTENSION] = Context(settings, bounds, store, celery, health)
+    app.extensions[EXTENSION] = Context(settings, requests(), store, celery, health)
 
     api = ExecutorApi(app)
-    for schema in (schemas.ExecutionResultSchema, schemas.ExecutionFailedSchema):
-        api.spec.components.schema(executions.schema_name(schema), schema=schema)
-    api.register_blueprint(executions.blueprint(schemas.build(bounds)))
+    failed = schemas.ExecutionFailedSchema  # sent in place of a result; no view names it
+    api.spec.components.schema(executions.schema_name(failed), schema=failed)
+    api.register_blueprint(executions.blueprint(requests))
     api.register_blueprint(operations.blueprint())
     register_error_handlers(app)
     docs.register(app, api)
@@ -66,9 +70,9 @@ def create_app(
     def refuse_large_bodies() -> None:
         # Before anything reads the body: a huge upload is refused on its headers alone.
         length = request.content_length
-        if length is not None and length > bounds.max_body_bytes:
+        if length is not None and length > body_limit:
             raise PayloadTooLarge(
-                f"the body is {length} bytes; no valid request exceeds {bounds.max_body_bytes}"
+                f"the body is {length} bytes; no valid request exceeds {body_limit}"
             )
 
     return app

@@ -9,8 +9,8 @@ from typing import Any, cast
 from flask import current_app
 
 from executor.config import Settings
+from executor.request_schema import RequestSchema
 from executor.store import Store
-from executor.validation import Bounds
 from executor.web.health import Health
 
 EXTENSION = "executor"
@@ -19,7 +19,7 @@ EXTENSION = "executor"
 @dataclass
 class Context:
     settings: Settings
-    bounds: Bounds
+    requests: RequestSchema  # loads and dumps the request body
     store: Store
     celery: Any
     health: Health

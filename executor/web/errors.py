@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Response
 from flask_smorest import Api
+from marshmallow import Schema
 from werkzeug.exceptions import HTTPException
 
 from executor.errors import ExecutorError, PayloadTooLarge
@@ -22,9 +23,12 @@ from executor.web.schemas import ErrorSchema
 log = logging.getLogger(__name__)
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A JSON response with keys in the order given (Flask's own JSON sorts them)."""
-    text = json.dumps(body, ensure_ascii=False)
+def reply(
+    schema: type[Schema], body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """`body` dumped through `schema`: an answer whose status is not the view's
+    `@blp.response` (an alternative one, or an error)."""
+    text = json.dumps(schema().dump(body), ensure_ascii=False)
     return Response(text, status=status, headers=headers, mimetype="application/json")
 
 
@@ -32,7 +36,7 @@ def error_response(error: ExecutorError, **extra: Any) -> Response:
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
-    return json_response({**error.to_dict(), **extra}, error.status, headers)
+    return reply(ErrorSchema, {**error.to_dict(), **extra}, error.status, headers)
 
 
 def _code(error: HTTPException) -> str:
@@ -52,7 +56,7 @@ def http_error_response(error: HTTPException) -> Response:
     if isinstance(data, dict) and data.get("messages"):
         body["errors"] = data["messages"]
     headers = {k: v for k, v in error.get_headers() if k.lower() in ("allow", "retry-after")}
-    return json_response(body, status, headers)
+    return reply(ErrorSchema, body, status, headers)
 
 
 def unexpected_error_response(error: Exception) -> Response:

@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
-from flask import Response, request
+from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema
 
-from executor.errors import ExecutionNotFound, InvalidRequest, error_for
+from executor.errors import ExecutionNotFound, error_for
+from executor.models import RunRequest
+from executor.request_schema import RequestSchema
 from executor.web import submissions
+from executor.web.arguments import ApiBlueprint
 from executor.web.context import context
-from executor.web.errors import error_response, json_response
+from executor.web.errors import error_response, reply
 from executor.web.schemas import (
     ErrorSchema,
     ExecutionFailedSchema,
     ExecutionPendingSchema,
     ExecutionResultSchema,
-    Schemas,
 )
-
-
-def read_json() -> Any:
-    """The request body as JSON (the size was checked before it was read)."""
-    try:
-        return json.loads(request.get_data(cache=False))
-    except ValueError as e:
-        raise InvalidRequest(
-            f"the body is not valid JSON: {e}", {"_schema": ["Invalid JSON body."]}
-        ) from None
 
 
 def location(execution_id: str) -> str:
@@ -40,13 +31,16 @@ def location(execution_id: str) -> str:
 
 def pending(execution_id: str, status: str) -> Response:
     headers = {"Location": location(execution_id), "Retry-After": "1"}
-    return json_response({"id": execution_id, "status": status}, 202, headers)
+    return reply(ExecutionPendingSchema, {"id": execution_id, "status": status}, 202, headers)
 
 
-def finished(payload: dict[str, Any], *, as_error: bool) -> Response:
-    """A finished execution: 200, or for POST /execute an internal_error as its 502/503."""
-    if payload.get("status") != "internal_error" or not as_error:
-        return json_response(payload)
+def finished(payload: dict[str, Any], *, as_error: bool) -> Any:
+    """A finished execution: the result (200), or an internal_error as its failure body (200)
+    or, for POST /execute, as its 502/503."""
+    if payload.get("status") != "internal_error":
+        return payload
+    if not as_error:
+        return reply(ExecutionFailedSchema, payload, 200)
     error = error_for(str(payload.get("code")), str(payload.get("message")), payload.get("errors"))
     return error_response(error, id=payload.get("id"))
 
@@ -57,10 +51,7 @@ _ERRORS = {
     429: "The queue is full; retry after Retry-After seconds.",
     503: "Docker, Redis or the workers are down; retry after Retry-After seconds.",
 }
-
-
-def _ref(schema: type[Schema]) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{schema_name(schema)}"}
+_LOCATION = {"Location": {"schema": {"type": "string"}}}
 
 
 def schema_name(schema: type[Schema]) -> str:
@@ -77,34 +68,33 @@ def _errors(blp: Blueprint, *statuses: int) -> Any:
     return decorate
 
 
-def blueprint(schemas: Schemas) -> Blueprint:
-    blp = Blueprint(
+def blueprint(request_schema: type[RequestSchema]) -> Blueprint:
+    blp = ApiBlueprint(
         "executions", __name__, description="Run code in single-use sandboxes.", url_prefix="/"
     )
-    request_body = {"required": True, "content": {"application/json": {"schema": schemas.request}}}
 
     @blp.route("/execute")
     class Execute(MethodView):
         @blp.doc(
             summary="Run code and wait for the result",
-            requestBody=request_body,
             description="Waits up to the request's timeout plus the queueing grace; answers "
             "202 with Location when the result is not ready by then (it keeps running).",
         )
-        @blp.alt_response(200, schema=ExecutionResultSchema, description="The program ran.")
+        @blp.arguments(request_schema)
+        @blp.response(200, ExecutionResultSchema, description="The program ran.")
         @blp.alt_response(
             202,
             schema=ExecutionPendingSchema,
             description="Not finished within the wait budget; see Location.",
-            headers={"Location": {"schema": {"type": "string"}}},
+            headers=_LOCATION,
         )
         @blp.alt_response(
             502, schema=ErrorSchema, description="The execution could not run (e.g. lost)."
         )
         @_errors(blp, 413, 422, 429, 503)
-        def post(self) -> Response:
+        def post(self, run: RunRequest) -> Any:
             ctx = context()
-            execution_id, run = submissions.submit(ctx, read_json())
+            execution_id = submissions.submit(ctx, run)
             budget = run.limits.timeout + ctx.settings.queue_grace_s
             payload = submissions.wait(ctx, execution_id, budget)
             if payload is not None:
@@ -116,30 +106,27 @@ def blueprint(schemas: Schemas) -> Blueprint:
 
     @blp.route("/executions")
     class Executions(MethodView):
-        @blp.doc(summary="Queue code to run", requestBody=request_body)
-        @blp.alt_response(
-            202,
-            schema=ExecutionPendingSchema,
-            description="Queued; poll Location.",
-            headers={"Location": {"schema": {"type": "string"}}},
+        @blp.doc(summary="Queue code to run")
+        @blp.arguments(request_schema)
+        @blp.response(
+            202, ExecutionPendingSchema, description="Queued; poll Location.", headers=_LOCATION
         )
         @_errors(blp, 413, 422, 429, 503)
-        def post(self) -> Response:
-            execution_id, _ = submissions.submit(context(), read_json())
-            return pending(execution_id, "queued")
+        def post(self, run: RunRequest) -> Response:
+            return pending(submissions.submit(context(), run), "queued")
 
     @blp.route("/executions/<execution_id>")
     class Execution(MethodView):
         @blp.doc(summary="An execution's state or result")
-        @blp.alt_response(
+        @blp.response(
             200,
-            schema={"oneOf": [_ref(ExecutionResultSchema), _ref(ExecutionFailedSchema)]},
-            description="Finished: the result, or ExecutionFailed when it could not run "
-            "(Docker unreachable, worker lost).",
+            ExecutionResultSchema,
+            description="Finished: the result, or an ExecutionFailed body when it could not "
+            "run (Docker unreachable, worker lost).",
         )
         @blp.alt_response(202, schema=ExecutionPendingSchema, description="Queued or running.")
         @blp.alt_response(404, schema=ErrorSchema, description="Never submitted (or expired).")
-        def get(self, execution_id: str) -> Response:
+        def get(self, execution_id: str) -> Any:
             try:
                 uuid.UUID(execution_id)
             except ValueError:

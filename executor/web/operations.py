@@ -14,7 +14,6 @@ from executor import __version__, metrics
 from executor.errors import ExecutorError
 from executor.languages import languages
 from executor.web.context import Context, context
-from executor.web.errors import json_response
 from executor.web.schemas import HealthSchema, LanguageSchema, StatusSchema
 
 
@@ -22,32 +21,31 @@ def blueprint() -> Blueprint:
     blp = Blueprint(
         "operations", __name__, description="Languages, health and state.", url_prefix="/"
     )
+    # Read at each scrape, in the scraping request's app: the series are the whole service's.
+    series = metrics.registry(lambda: snapshot(context()))
 
     @blp.route("/languages")
     class Languages(MethodView):
         @blp.doc(summary="The languages the service runs")
-        @blp.alt_response(
-            200, schema=LanguageSchema(many=True), description="Name, version, image."
-        )
-        def get(self) -> Response:
-            langs = languages(context().settings).values()
-            return json_response([lang.to_dict() for lang in langs])
+        @blp.response(200, LanguageSchema(many=True), description="Name, version, image.")
+        def get(self) -> Any:
+            return list(languages(context().settings).values())
 
     @blp.route("/health")
     class Health(MethodView):
         @blp.doc(summary="Docker, Redis and live workers (cheap: cached for a second)")
-        @blp.alt_response(200, schema=HealthSchema, description="Every check is ok.")
+        @blp.response(200, HealthSchema, description="Every check is ok.")
         @blp.alt_response(503, schema=HealthSchema, description="A check failed; see its message.")
-        def get(self) -> Response:
+        def get(self) -> Any:
             ok, body = context().health.report()
-            return json_response(body, 200 if ok else 503, None if ok else {"Retry-After": "5"})
+            return (body, 200) if ok else (body, 503, {"Retry-After": "5"})
 
     @blp.route("/status")
     class Status(MethodView):
         @blp.doc(summary="Workers, queue, pool, counters and recent executions (never their code)")
-        @blp.alt_response(200, schema=StatusSchema, description="The service's state.")
-        def get(self) -> Response:
-            return json_response(status(context()))
+        @blp.response(200, StatusSchema, description="The service's state.")
+        def get(self) -> Any:
+            return status(context())
 
     @blp.route("/metrics")
     class Metrics(MethodView):
@@ -56,7 +54,7 @@ def blueprint() -> Blueprint:
             responses={"200": {"description": "Prometheus text.", "content": {"text/plain": {}}}},
         )
         def get(self) -> Response:
-            return Response(metrics.render(snapshot(context())), mimetype=metrics.CONTENT_TYPE)
+            return Response(metrics.render(series), content_type=metrics.CONTENT_TYPE)
 
     return blp
 

@@ -1,186 +1,168 @@
-"""The OpenAPI schemas, generated from the same `Bounds` the requests are checked against.
+"""The schemas of every HTTP reply: what each endpoint sends, field for field.
 
-These classes document; they do not validate. Validation is executor.validation's, shared with
-the Celery task (producers bypass HTTP), so there is one source of truth for every bound.
-Marshmallow has no schema context, so the classes are built per app from its Bounds.
+Views answer through `@blp.response` (or `reply()` for an alternative status), so a reply is
+dumped through its schema: a field that is not declared here is never sent, and a test compares
+every schema with real answers. `required=True` marks the fields every answer carries.
+The request's schema is executor.request_schema's (the Celery task shares it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 from marshmallow import Schema, fields, validate
 
 from executor.models import FINISHED
-from executor.validation import MAX_PATH_BYTES, Bounds
 
 
 def _doc(text: str) -> dict[str, str]:
     return {"description": text}
 
 
-class FileSchema(Schema):
-    path = fields.String(
-        required=True,
-        validate=validate.Length(min=1, max=MAX_PATH_BYTES),
-        metadata=_doc("Relative, normalized path beside the program; no '..', not absolute."),
-    )
-    content = fields.String(required=True, metadata=_doc("The file's text."))
+def _always(field: type[fields.Field[Any]], *args: Any, **kwargs: Any) -> Any:
+    """A field every answer carries."""
+    return field(*args, required=True, **kwargs)
 
 
 class LimitsSchema(Schema):
-    timeout = fields.Float(metadata=_doc("Seconds."))
-    memory_mb = fields.Integer()
-    cpus = fields.Float()
-    pids = fields.Integer()
-    tmpfs_mb = fields.Integer()
+    timeout = _always(fields.Float, metadata=_doc("Seconds."))
+    memory_mb = _always(fields.Integer)
+    cpus = _always(fields.Float)
+    pids = _always(fields.Integer)
+    tmpfs_mb = _always(fields.Integer)
 
 
 class StepSchema(Schema):
-    exit_code = fields.Integer(allow_none=True)
-    stdout = fields.String()
-    stderr = fields.String()
-    duration_ms = fields.Integer()
+    exit_code = _always(fields.Integer, allow_none=True)
+    stdout = _always(fields.String)
+    stderr = _always(fields.String)
+    duration_ms = _always(fields.Integer)
+
+
+_TIME = _doc("ISO 8601, UTC.")
 
 
 class ExecutionResultSchema(Schema):
-    id = fields.UUID(metadata=_doc("The execution id."))
-    status = fields.String(validate=validate.OneOf(FINISHED[:-1]))
-    compile = fields.Nested(StepSchema, allow_none=True, metadata=_doc("The build step."))
-    exit_code = fields.Integer(allow_none=True)
-    signal = fields.String(allow_none=True, metadata=_doc('e.g. "SIGKILL".'))
-    stdout = fields.String()
-    stderr = fields.String()
-    stdout_truncated = fields.Boolean()
-    stderr_truncated = fields.Boolean()
-    duration_ms = fields.Integer(metadata=_doc("Wall time of the program itself."))
-    queued_ms = fields.Integer(metadata=_doc("From submission until a worker started it."))
-    language = fields.String()
-    image = fields.String(metadata=_doc("The image that ran it, with its digest."))
-    limits = fields.Nested(LimitsSchema, metadata=_doc("The limits actually applied."))
-    worker = fields.String(metadata=_doc("HOSTNAME of the worker that ran it."))
-    created_at = fields.String(metadata=_doc("ISO 8601, UTC."))
-    started_at = fields.String(metadata=_doc("ISO 8601, UTC."))
-    finished_at = fields.String(metadata=_doc("ISO 8601, UTC."))
-    warm = fields.Boolean(metadata=_doc("Whether a pre-started container ran it."))
+    id = _always(fields.String, metadata=_doc("The execution id."))
+    status = _always(fields.String, validate=validate.OneOf(FINISHED[:-1]))
+    compile = _always(
+        fields.Nested, StepSchema, allow_none=True, metadata=_doc("The build step, or null.")
+    )
+    exit_code = _always(fields.Integer, allow_none=True)
+    signal = _always(fields.String, allow_none=True, metadata=_doc('e.g. "SIGKILL".'))
+    stdout = _always(fields.String)
+    stderr = _always(fields.String)
+    stdout_truncated = _always(fields.Boolean)
+    stderr_truncated = _always(fields.Boolean)
+    duration_ms = _always(fields.Integer, metadata=_doc("Wall time of the program itself."))
+    queued_ms = _always(fields.Integer, metadata=_doc("From submission until a worker began."))
+    language = _always(fields.String)
+    image = _always(fields.String, metadata=_doc("The image that ran it, with its digest."))
+    limits = _always(fields.Nested, LimitsSchema, metadata=_doc("The limits actually applied."))
+    worker = _always(fields.String, metadata=_doc("HOSTNAME of the worker that ran it."))
+    created_at = _always(fields.String, metadata=_TIME)
+    started_at = _always(fields.String, metadata=_TIME)
+    finished_at = _always(fields.String, metadata=_TIME)
+    warm = _always(fields.Boolean, metadata=_doc("Whether a pre-started container ran it."))
 
 
 class ExecutionFailedSchema(Schema):
-    id = fields.UUID()
-    status = fields.String(validate=validate.OneOf(["internal_error"]))
-    code = fields.String(metadata=_doc("The error's code, e.g. execution_lost."))
-    message = fields.String()
+    id = _always(fields.String)
+    status = _always(fields.String, validate=validate.OneOf(["internal_error"]))
+    code = _always(fields.String, metadata=_doc("The error's code, e.g. execution_lost."))
+    message = _always(fields.String)
+    errors = fields.Dict(metadata=_doc("Each bad field of a rejected payload."))
 
 
 class ExecutionPendingSchema(Schema):
-    id = fields.UUID()
-    status = fields.String(validate=validate.OneOf(["queued", "running"]))
+    id = _always(fields.String)
+    status = _always(fields.String, validate=validate.OneOf(["queued", "running"]))
 
 
 class ErrorSchema(Schema):
-    code = fields.String(metadata=_doc("Machine-readable, e.g. invalid_request."))
-    status = fields.Integer(metadata=_doc("The HTTP status."))
-    message = fields.String()
+    code = _always(fields.String, metadata=_doc("Machine-readable, e.g. invalid_request."))
+    status = _always(fields.Integer, metadata=_doc("The HTTP status."))
+    message = _always(fields.String)
     errors = fields.Dict(metadata=_doc("Each bad field with its messages (422)."))
+    id = fields.String(metadata=_doc("The execution, when one was made (502, 503)."))
 
 
 class LanguageSchema(Schema):
-    name = fields.String()
-    version = fields.String()
-    image = fields.String()
+    name = _always(fields.String)
+    version = _always(fields.String)
+    image = _always(fields.String)
+
+
+class CheckSchema(Schema):
+    status = _always(fields.String, validate=validate.OneOf(["ok", "unavailable"]))
+    message = _always(fields.String, metadata=_doc("What is up, or why it is down."))
+    latency_ms = _always(fields.Float)
+    count = fields.Integer(metadata=_doc("workers: how many answered the ping."))
+    names = fields.List(fields.String(), metadata=_doc("workers: those that answered."))
+
+
+class ChecksSchema(Schema):
+    docker = _always(fields.Nested, CheckSchema)
+    redis = _always(fields.Nested, CheckSchema)
+    workers = _always(fields.Nested, CheckSchema)
 
 
 class HealthSchema(Schema):
-    status = fields.String(validate=validate.OneOf(["ok", "unavailable"]))
-    checks = fields.Dict(
-        keys=fields.String(validate=validate.OneOf(["docker", "redis", "workers"])),
-        values=fields.Dict(),
-        metadata=_doc("Each check's status and message (the reason when it fails)."),
-    )
+    status = _always(fields.String, validate=validate.OneOf(["ok", "unavailable"]))
+    checks = _always(fields.Nested, ChecksSchema)
+
+
+class PoolSchema(Schema):
+    warm = _always(fields.Integer, metadata=_doc("Warm containers waiting."))
+    target = _always(fields.Integer, metadata=_doc("Warm containers wanted."))
 
 
 class WorkerSchema(Schema):
-    name = fields.String()
-    instance = fields.String()
-    active = fields.Integer(metadata=_doc("Executions running now."))
-    processed = fields.Integer(metadata=_doc("Executions finished since it started."))
-    concurrency = fields.Integer()
-    pool = fields.Dict(metadata=_doc("Warm containers: warm and target."))
-    started_at = fields.String()
+    name = _always(fields.String)
+    instance = _always(fields.String)
+    active = _always(fields.Integer, metadata=_doc("Executions running now."))
+    processed = _always(fields.Integer, metadata=_doc("Executions finished since it started."))
+    concurrency = _always(fields.Integer)
+    pool = _always(fields.Nested, PoolSchema)
+    pid = _always(fields.Integer)
+    started_at = _always(fields.String, metadata=_TIME)
 
 
 class RecentSchema(Schema):
-    id = fields.UUID()
-    status = fields.String()
-    language = fields.String()
-    duration_ms = fields.Integer(allow_none=True)
-    created_at = fields.String()
-    worker = fields.String(allow_none=True)
+    id = _always(fields.String)
+    status = _always(fields.String)
+    language = _always(fields.String)
+    duration_ms = _always(fields.Integer, allow_none=True)
+    created_at = _always(fields.String, metadata=_TIME)
+    worker = _always(fields.String, allow_none=True)
+
+
+class QueueSchema(Schema):
+    depth = _always(fields.Integer, metadata=_doc("Executions waiting for a worker."))
+
+
+class CountersSchema(Schema):
+    submitted = _always(fields.Integer)
+    executions = _always(
+        fields.Dict, keys=fields.String(), values=fields.Integer(), metadata=_doc("By status.")
+    )
+    rejected = _always(fields.Integer, metadata=_doc("Queued payloads that failed validation."))
+    timeouts = _always(fields.Integer)
+    containers_created = _always(fields.Integer)
+    containers_removed = _always(fields.Integer)
+    containers_failed = _always(fields.Integer, metadata=_doc("Failed to be created."))
+    containers_reaped = _always(fields.Integer, metadata=_doc("Removed by a reaper."))
+    average_duration_ms = _always(fields.Float)
 
 
 class StatusSchema(Schema):
-    instance = fields.String()
-    version = fields.String()
-    uptime_s = fields.Float()
-    workers = fields.List(fields.Nested(WorkerSchema))
-    queue = fields.Dict(metadata=_doc("depth: executions waiting for a worker."))
-    pool = fields.Dict(metadata=_doc("Warm containers over all workers: warm and target."))
-    counters = fields.Dict(metadata=_doc("Executions by status, containers, timeouts..."))
-    recent = fields.List(fields.Nested(RecentSchema), metadata=_doc("Newest first; no code."))
-
-
-@dataclass(frozen=True)
-class Schemas:
-    """The schema classes of one app (the request's depends on the settings)."""
-
-    request: type[Schema]
-
-
-def build(bounds: Bounds) -> Schemas:
-    """The request schema, with every bound of `bounds`."""
-    names = sorted(bounds.languages)
-
-    class ExecutionRequestSchema(Schema):
-        code = fields.String(
-            required=True,
-            validate=validate.Length(min=1, max=bounds.max_code_bytes),
-            metadata=_doc(f"The program: 1 to {bounds.max_code_bytes} bytes of UTF-8."),
-        )
-        language = fields.String(
-            load_default="python", validate=validate.OneOf(names), metadata=_doc("See /languages.")
-        )
-        stdin = fields.String(
-            load_default="",
-            validate=validate.Length(max=bounds.max_stdin_bytes),
-            metadata=_doc(f"Up to {bounds.max_stdin_bytes} bytes of UTF-8."),
-        )
-        args = fields.List(
-            fields.String(validate=validate.Length(max=bounds.max_arg_bytes)),
-            load_default=list,
-            validate=validate.Length(max=bounds.max_args),
-            metadata=_doc("The program's arguments."),
-        )
-        files = fields.List(
-            fields.Nested(FileSchema),
-            load_default=list,
-            validate=validate.Length(max=bounds.max_files),
-            metadata=_doc(
-                f"Extra files beside the program, {bounds.max_files_bytes} bytes in all;"
-                f" the program's own file name is reserved."
-            ),
-        )
-        timeout = fields.Float(
-            load_default=bounds.default_timeout,
-            validate=validate.Range(min=0, max=bounds.max_timeout, min_inclusive=False),
-            metadata=_doc(f"Seconds: more than 0, at most {bounds.max_timeout:g}."),
-        )
-        memory_mb = fields.Integer(
-            load_default=bounds.default_memory_mb,
-            validate=validate.Range(min=bounds.min_memory_mb, max=bounds.max_memory_mb),
-        )
-        cpus = fields.Float(
-            load_default=bounds.default_cpus,
-            validate=validate.Range(min=bounds.min_cpus, max=bounds.max_cpus),
-        )
-
-    return Schemas(request=ExecutionRequestSchema)
+    instance = _always(fields.String)
+    version = _always(fields.String)
+    uptime_s = _always(fields.Float)
+    workers = _always(fields.List, fields.Nested(WorkerSchema))
+    queue = _always(fields.Nested, QueueSchema)
+    pool = _always(fields.Nested, PoolSchema, metadata=_doc("Over all workers."))
+    counters = _always(fields.Nested, CountersSchema)
+    recent = _always(
+        fields.List, fields.Nested(RecentSchema), metadata=_doc("Newest first; never code.")
+    )

@@ -1,4 +1,4 @@
-"""Submitting an execution and waiting for it: validate, admit, record, enqueue, wait.
+"""Submitting an execution and waiting for it: admit, record, enqueue, wait.
 
 The wait is a notification, never a polling sleep: the worker pushes the final payload to
 ``done:<id>`` and the request blocks on it (BLPOP) for the rest of its budget, in slices of a
@@ -16,28 +16,25 @@ from kombu.exceptions import OperationalError
 
 from executor.errors import RedisUnavailable
 from executor.models import RunRequest
-from executor.store import QUEUE
-from executor.tasks import TASK_NAME
-from executor.validation import parse_request
+from executor.names import QUEUE, TASK_NAME
 from executor.web.context import Context
 
 log = logging.getLogger(__name__)
 
 
-def submit(ctx: Context, body: Any) -> tuple[str, RunRequest]:
-    """Validate `body`, then queue it; (its new id, the request).
+def submit(ctx: Context, request: RunRequest) -> str:
+    """Queue a validated `request`; its new execution id.
 
-    Raises InvalidRequest (422), DockerUnavailable/NoWorkers/RedisUnavailable (503) or
-    QueueFull (429) before anything is queued.
+    Raises DockerUnavailable/NoWorkers/RedisUnavailable (503) or QueueFull (429) before
+    anything is queued.
     """
-    request = parse_request(body, ctx.bounds)
     ctx.health.require_docker()
     execution_id = str(uuid.uuid4())
     ctx.store.submit(execution_id, request.language, ctx.settings.max_queue)
     try:
         ctx.celery.send_task(
             TASK_NAME,
-            args=[body],
+            args=[ctx.requests.dump(request)],  # the worker loads it with the same schema
             task_id=execution_id,
             queue=QUEUE,
             routing_key=QUEUE,
@@ -50,7 +47,7 @@ def submit(ctx: Context, body: Any) -> tuple[str, RunRequest]:
         ctx.store.discard(execution_id)
         raise RedisUnavailable(f"could not queue the execution: {type(e).__name__}: {e}") from None
     log.info("execution %s queued (%s)", execution_id, request.language)
-    return execution_id, request
+    return execution_id
 
 
 def wait(ctx: Context, execution_id: str, budget_s: float) -> dict[str, Any] | None:

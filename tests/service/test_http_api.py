@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from executor.config import Settings
-from executor.validation import Bounds
+from executor.request_schema import max_body_bytes
 from tests.service.conftest import post, wait_until
 
 pytestmark = [pytest.mark.service, pytest.mark.docker]
@@ -119,7 +119,7 @@ def test_invalid_input_is_a_422_naming_each_field(api: str):
 
 
 def test_an_oversize_body_is_a_413_decided_on_the_headers(api: str):
-    limit = Bounds.from_settings(Settings()).max_body_bytes
+    limit = max_body_bytes(Settings())
     address = urlsplit(api)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
     try:
@@ -136,7 +136,7 @@ def test_an_oversize_body_is_a_413_decided_on_the_headers(api: str):
 
 
 def test_an_oversize_body_sent_whole_is_a_413(api: str):
-    limit = Bounds.from_settings(Settings()).max_body_bytes
+    limit = max_body_bytes(Settings())
     response = requests.post(
         f"{api}/execute",
         data=b" " * (limit + 1),
@@ -211,10 +211,24 @@ def test_metrics_are_prometheus_text(api: str):
     text = response.text
     assert "# TYPE executor_executions_total counter" in text
     assert "# TYPE executor_queue_depth gauge" in text
-    success = re.search(r'^executor_executions_total\{status="success"\} (\d+)$', text, re.M)
-    assert success and int(success.group(1)) >= 1
-    workers = re.search(r"^executor_workers (\d+)$", text, re.M)
-    assert workers and int(workers.group(1)) >= 1
+    success = re.search(r'^executor_executions_total\{status="success"\} ([\d.]+)$', text, re.M)
+    assert success and float(success.group(1)) >= 1
+    workers = re.search(r"^executor_workers ([\d.]+)$", text, re.M)
+    assert workers and float(workers.group(1)) >= 1
+    assert "# TYPE executor_execution_duration_seconds histogram" in text
+    bucket = re.compile(
+        r"^executor_execution_duration_seconds_bucket"
+        r'\{language="python",le="\+Inf",status="success"\} ([\d.]+)$',
+        re.M,
+    )
+    # Workers add their observations with their next heartbeat (every second).
+    wait_until(
+        "the run in the duration histogram",
+        lambda: bucket.search(requests.get(f"{api}/metrics", timeout=10).text),
+        5,
+    )
+    assert "# TYPE executor_queue_wait_seconds histogram" in text
+    assert re.search(r'^executor_pool_idle\{language="python"\} ', text, re.M)
 
 
 def test_spec_and_docs_are_served(api: str):

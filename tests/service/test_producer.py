@@ -11,6 +11,8 @@ import pytest
 import requests
 from celery import Celery
 
+from tests.service.conftest import post
+
 pytestmark = [pytest.mark.service, pytest.mark.docker]
 
 
@@ -69,3 +71,35 @@ def test_a_bad_payload_fails_the_task_once_with_a_clear_message(
     log: Callable[[], str] = (logdir / "worker-pytest-worker.log").read_text
     received = re.findall(rf"executor\.execute\[{result.id}\] received", log())
     assert len(received) == 1
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"code": "", "timeout": "soon", "memory_mb": 9999, "bogus": 1},
+        {
+            "code": "x",
+            "args": ["a\x00b", 3],
+            "files": [
+                {"path": "../up", "content": ""},
+                {"path": "a", "content": 1},
+                {"path": "ok", "content": ""},
+                {"path": "ok", "content": ""},
+            ],
+        },
+        ["not", "an", "object"],
+    ],
+)
+def test_the_task_names_the_same_field_errors_as_the_api(
+    producer: Celery, api: str, payload: object
+):
+    http = post(f"{api}/executions", payload)
+    assert http.status_code == 422
+
+    result = producer.send_task("executor.execute", args=[payload], queue="executor")
+    with pytest.raises(Exception) as failed:
+        result.get(timeout=30)
+    assert type(failed.value).__name__ == "InvalidRequest"
+    record = requests.get(f"{api}/executions/{result.id}", timeout=10).json()
+    assert record["errors"] == http.json()["errors"]
+    assert record["message"] == http.json()["message"]

@@ -7,9 +7,8 @@ import subprocess
 import sys
 import time
 
-from executor.celery_app import celery_config
+from executor.celery_app import TimeLimits, celery_config
 from executor.config import Settings
-from executor.runtime import TimeLimits
 from tests.conftest import ROOT
 
 

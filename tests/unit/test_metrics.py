@@ -1,43 +1,58 @@
-"""/status's counters and the Prometheus text of /metrics, from a store snapshot."""
+"""/status's counters and the Prometheus series of /metrics, from a store snapshot."""
 
 from __future__ import annotations
 
-import re
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from executor import metrics
 
-SNAPSHOT = {
+COUNTERS = {
+    "submitted": 12,
+    "executions_success": 6,
+    "executions_timeout": 2,
+    "executions_internal_error": 1,
+    "containers_created": 11,
+    "containers_removed": 10,
+    "containers_failed": 1,
+    "containers_reaped": 3,
+    "duration_ms_total": 900,
+    "duration_count": 9,
+}
+for name, seconds in [(metrics.DURATION, 0.02), (metrics.DURATION, 0.3), (metrics.QUEUE_WAIT, 7)]:
+    for key, n in metrics.observe(name, seconds, "python", "success").items():
+        COUNTERS[key] = COUNTERS.get(key, 0) + n
+SNAPSHOT: dict[str, Any] = {
     "workers": [
-        {"name": 'celery@a"b', "active": 2, "processed": 7, "pool": {"warm": 3, "target": 4}},
-        {"name": "celery@c", "active": 0, "processed": 1, "pool": {"warm": 1, "target": 4}},
+        {
+            "name": 'celery@a"b',
+            "active": 2,
+            "processed": 7,
+            "pool": {"warm": 3, "target": 4},
+            "idle": {"python": 3},
+        },
+        {
+            "name": "celery@c",
+            "active": 0,
+            "processed": 1,
+            "pool": {"warm": 1, "target": 4},
+            "idle": {"python": 1},
+        },
     ],
     "queue": 5,
-    "counters": {
-        "submitted": 12,
-        "executions_success": 6,
-        "executions_timeout": 2,
-        "executions_internal_error": 1,
-        "containers_created": 11,
-        "containers_removed": 10,
-        "containers_failed": 1,
-        "duration_ms_total": 900,
-        "duration_count": 9,
-    },
+    "counters": COUNTERS,
     "recent": [],
 }
-SAMPLE = re.compile(r'^([a-z_]+)(\{[a-z_]+="(?:[^"\\]|\\.)*"\})? (-?[0-9.e+]+)$')
 
 
-def samples(text: str) -> dict[str, float]:
-    found = {}
-    for line in text.splitlines():
-        if line.startswith("#"):
-            assert re.match(r"^# (HELP|TYPE) [a-z_]+ .+$", line), line
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not a Prometheus sample: {line!r}"
-        found[match.group(1) + (match.group(2) or "")] = float(match.group(3))
-    return found
+def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = metrics.render(metrics.registry(lambda: SNAPSHOT)).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_counters_for_status():
@@ -46,25 +61,38 @@ def test_counters_for_status():
     assert counters["executions"]["memory_limit"] == 0
     assert counters["timeouts"] == 2
     assert counters["containers_failed"] == 1
+    assert counters["containers_reaped"] == 3
     assert counters["average_duration_ms"] == 100.0
     assert metrics.counters({})["average_duration_ms"] == 0
 
 
-def test_prometheus_text():
-    text = metrics.render(SNAPSHOT)
-    assert text.endswith("\n")
-    found = samples(text)
-    assert found['executor_executions_total{status="success"}'] == 6
-    assert found['executor_executions_total{status="internal_error"}'] == 1
-    assert found["executor_queue_depth"] == 5
-    assert found["executor_pool_warm"] == 4
-    assert found["executor_pool_target"] == 8
-    assert found["executor_workers"] == 2
-    assert found["executor_containers_created_total"] == 11
-    assert found["executor_execution_duration_seconds_sum"] == 0.9
-    assert found["executor_execution_duration_seconds_count"] == 9
-    assert found['executor_worker_active{worker="celery@a\\"b"}'] == 2
-    types = re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M)
-    assert len(types) == len({name for name, _ in types})  # each family declared once
-    assert ("executor_queue_depth", "gauge") in types
-    assert ("executor_executions_total", "counter") in types
+def test_prometheus_series():
+    found = samples()
+    assert found[("executor_executions_total", (("status", "success"),))] == 6
+    assert found[("executor_executions_total", (("status", "internal_error"),))] == 1
+    assert found[("executor_queue_depth", ())] == 5
+    assert found[("executor_pool_warm", ())] == 4
+    assert found[("executor_pool_target", ())] == 8
+    assert found[("executor_pool_idle", (("language", "python"),))] == 4
+    assert found[("executor_workers", ())] == 2
+    for event in ("created", "removed", "failed", "reaped"):
+        assert found[(f"executor_containers_{event}_total", ())] == COUNTERS[f"containers_{event}"]
+    assert found[("executor_worker_active", (("worker", 'celery@a"b'),))] == 2
+
+
+def test_histograms_are_cumulative_by_language_and_status():
+    found = samples()
+    labels = (("language", "python"), ("status", "success"))
+
+    def bucket(name: str, le: str) -> float:
+        return found[(f"{name}_bucket", (*labels[:1], ("le", le), *labels[1:]))]
+
+    duration = "executor_execution_duration_seconds"
+    assert bucket(duration, "0.01") == 0
+    assert bucket(duration, "0.025") == 1
+    assert bucket(duration, "0.5") == 2
+    assert bucket(duration, "+Inf") == 2
+    assert found[(f"{duration}_count", labels)] == 2
+    assert found[(f"{duration}_sum", labels)] == 0.32
+    wait = "executor_queue_wait_seconds"
+    assert bucket(wait, "5.0") == 0 and bucket(wait, "10.0") == 1

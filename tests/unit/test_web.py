@@ -13,8 +13,8 @@ from flask.testing import FlaskClient
 
 from executor.config import Settings
 from executor.errors import ExecutorError, all_error_classes
+from executor.request_schema import max_body_bytes
 from executor.store import Store
-from executor.validation import Bounds
 from executor.web import create_app
 
 SETTINGS = Settings.from_env({"HOSTNAME": "unit", "REDIS_URL": "redis://127.0.0.1:1/0"})
@@ -85,7 +85,7 @@ def test_http_errors_have_the_one_payload(
 
 
 def test_an_oversize_body_is_refused_on_its_length_alone(client: FlaskClient):
-    limit = Bounds.from_settings(SETTINGS).max_body_bytes
+    limit = max_body_bytes(SETTINGS)
 
     # A body that would be a 422 if it were parsed, sent with a length above the limit.
     response = client.post(

@@ -1,4 +1,4 @@
-"""One check for every request, HTTP or queued: what passes, and how each failure is named."""
+"""One schema for every request, HTTP or queued: what passes, and how each failure is named."""
 
 from __future__ import annotations
 
@@ -10,22 +10,30 @@ import pytest
 from executor.config import Settings
 from executor.errors import InvalidRequest
 from executor.models import File, Limits
-from executor.validation import MAX_ARGS, Bounds, parse_request
+from executor.request_schema import (
+    MAX_ARG_BYTES,
+    MAX_ARGS,
+    MAX_FILES,
+    RequestSchema,
+    max_body_bytes,
+    parse_request,
+    request_schema,
+)
 
 SETTINGS = Settings.from_env({"HOSTNAME": "unit"})
-BOUNDS = Bounds.from_settings(SETTINGS)
+SCHEMA = request_schema(SETTINGS)()
 
 
-def errors_of(payload: Any, bounds: Bounds = BOUNDS) -> dict[str, Any]:
+def errors_of(payload: Any, schema: RequestSchema = SCHEMA) -> dict[Any, Any]:
     with pytest.raises(InvalidRequest) as caught:
-        parse_request(payload, bounds)
+        parse_request(schema, payload)
     assert caught.value.status == 422
     assert caught.value.errors
     return caught.value.errors
 
 
 def test_defaults_fill_a_minimal_request():
-    request = parse_request({"code": "print(1)"}, BOUNDS)
+    request = parse_request(SCHEMA, {"code": "print(1)"})
     assert request.code == "print(1)"
     assert request.language == "python"
     assert (request.stdin, request.args, request.files) == ("", (), ())
@@ -40,6 +48,7 @@ def test_defaults_fill_a_minimal_request():
 
 def test_every_field_is_read():
     request = parse_request(
+        SCHEMA,
         {
             "code": "x",
             "language": "python",
@@ -50,7 +59,6 @@ def test_every_field_is_read():
             "memory_mb": 64,
             "cpus": 0.25,
         },
-        BOUNDS,
     )
     assert request.args == ("a b", "--x")
     assert request.files == (File("pkg/helper.py", "X = 1"),)
@@ -64,9 +72,9 @@ def test_every_field_is_read():
 
 def test_bounds_follow_the_settings():
     settings = Settings.from_env({"EXECUTOR_MAX_TIMEOUT": "5", "EXECUTOR_DEFAULT_TIMEOUT": "1"})
-    bounds = Bounds.from_settings(settings)
-    assert parse_request({"code": "x", "timeout": 5}, bounds).limits.timeout == 5
-    assert "timeout" in errors_of({"code": "x", "timeout": 5.01}, bounds)
+    schema = request_schema(settings)()
+    assert parse_request(schema, {"code": "x", "timeout": 5}).limits.timeout == 5
+    assert "timeout" in errors_of({"code": "x", "timeout": 5.01}, schema)
 
 
 @pytest.mark.parametrize(
@@ -76,11 +84,11 @@ def test_bounds_follow_the_settings():
         ({"code": ""}, "code"),
         ({"code": 3}, "code"),
         ({"code": None}, "code"),
-        ({"code": "é" * (BOUNDS.max_code_bytes // 2 + 1)}, "code"),  # bytes, not characters
+        ({"code": "é" * (SETTINGS.max_code_bytes // 2 + 1)}, "code"),  # bytes, not characters
         ({"code": "\ud800"}, "code"),  # a lone surrogate has no UTF-8
         ({"code": "x", "language": "cobol"}, "language"),
         ({"code": "x", "language": 1}, "language"),
-        ({"code": "x", "stdin": "x" * (BOUNDS.max_stdin_bytes + 1)}, "stdin"),
+        ({"code": "x", "stdin": "x" * (SETTINGS.max_stdin_bytes + 1)}, "stdin"),
         ({"code": "x", "stdin": 5}, "stdin"),
         ({"code": "x", "args": "a b"}, "args"),
         ({"code": "x", "args": ["a"] * (MAX_ARGS + 1)}, "args"),
@@ -113,7 +121,7 @@ def test_every_bad_field_is_named_at_once():
 
 
 def test_integral_floats_are_integers():
-    assert parse_request({"code": "x", "memory_mb": 64.0}, BOUNDS).limits.memory_mb == 64
+    assert parse_request(SCHEMA, {"code": "x", "memory_mb": 64.0}).limits.memory_mb == 64
 
 
 @pytest.mark.parametrize("payload", [None, [], "print(1)", 42])
@@ -140,7 +148,7 @@ def test_the_body_must_be_an_object(payload: Any):
 )
 def test_unsafe_or_reserved_paths_are_refused(path: str):
     errors = errors_of({"code": "x", "files": [{"path": path, "content": ""}]})
-    assert "path" in errors["files"]["0"]
+    assert "path" in errors["files"][0]
 
 
 def test_file_items_are_checked_one_by_one():
@@ -156,25 +164,25 @@ def test_file_items_are_checked_one_by_one():
             ],
         }
     )
-    files = errors["files"]
-    assert "0" not in files
-    assert files["1"] == {"path": ["Duplicate path."]}
-    assert set(files["2"]) == {"path", "content"}
-    assert "_schema" in files["3"]
-    assert set(files["4"]) == {"path", "mode"}
+    files = errors["files"]  # marshmallow's item indices are integers
+    assert 0 not in files
+    assert files[1] == {"path": ["Duplicate path."]}
+    assert set(files[2]) == {"path", "content"}
+    assert "_schema" in files[3]
+    assert set(files[4]) == {"path", "mode"}
 
 
 def test_files_are_bounded_in_total():
-    bounds = replace(BOUNDS, max_files_bytes=10)
+    schema = request_schema(replace(SETTINGS, max_files_bytes=10))()
     errors = errors_of(
         {
             "code": "x",
             "files": [{"path": "a", "content": "123456"}, {"path": "b", "content": "12345"}],
         },
-        bounds,
+        schema,
     )
-    assert "files" in errors
-    many = [{"path": f"f{i}", "content": ""} for i in range(BOUNDS.max_files + 1)]
+    assert errors["files"] == {"_schema": ["The files' contents exceed 10 bytes in total."]}
+    many = [{"path": f"f{i}", "content": ""} for i in range(MAX_FILES + 1)]
     assert "files" in errors_of({"code": "x", "files": many})
 
 
@@ -182,10 +190,17 @@ def test_the_body_limit_covers_the_largest_valid_request():
     import json
 
     largest = {
-        "code": "\U0001f600" * (BOUNDS.max_code_bytes // 4),
-        "stdin": "\x01" * (BOUNDS.max_stdin_bytes // 6 * 2),
-        "files": [{"path": "f", "content": "x" * BOUNDS.max_files_bytes}],
-        "args": ["a" * BOUNDS.max_arg_bytes] * BOUNDS.max_args,
+        "code": "\U0001f600" * (SETTINGS.max_code_bytes // 4),
+        "stdin": "\x01" * (SETTINGS.max_stdin_bytes // 6 * 2),
+        "files": [{"path": "f", "content": "x" * SETTINGS.max_files_bytes}],
+        "args": ["a" * MAX_ARG_BYTES] * MAX_ARGS,
     }
-    parse_request(largest, BOUNDS)
-    assert len(json.dumps(largest).encode()) <= BOUNDS.max_body_bytes
+    parse_request(SCHEMA, largest)
+    assert len(json.dumps(largest).encode()) <= max_body_bytes(SETTINGS)
+
+
+def test_a_loaded_request_dumps_to_a_payload_that_loads_the_same():
+    request = parse_request(
+        SCHEMA, {"code": "x", "args": ["a"], "files": [{"path": "p", "content": "c"}]}
+    )
+    assert parse_request(SCHEMA, SCHEMA.dump(request)) == request

@@ -1,0 +1,29 @@
+"""The names producers, the API and the workers share: the task, its queue, Redis keys.
+
+Both halves import this small module, so the API never imports the worker's code to learn a
+name, and a name changes in one place.
+"""
+
+from __future__ import annotations
+
+from kombu.transport.redis import PRIORITY_STEPS, Channel
+
+TASK_NAME = "executor.execute"  # the contract's task name
+QUEUE = "executor"  # the contract's queue
+
+# kombu's Redis transport keeps a queue as one list per priority step (`PRIORITY_STEPS`): the
+# queue's own name for step 0, else the name, `Channel.sep` and the step. The store counts
+# these lists inside its Lua admission script (the check must be atomic), so it needs their
+# keys. kombu's only API for them is `Channel._q_for_pri()`, a private method of a live
+# channel; the steps and the separator are kombu's own public values, read here.
+QUEUE_KEYS = tuple(QUEUE if step == 0 else f"{QUEUE}{Channel.sep}{step}" for step in PRIORITY_STEPS)
+
+# Redis keys of the store (see executor.store for what each holds).
+PREFIX = "executor:"
+RECORD = PREFIX + "execution:"  # + id
+RECENT = PREFIX + "recent"
+RUNNING = PREFIX + "running"
+DONE = PREFIX + "done:"  # + id
+COUNTERS = PREFIX + "counters"
+WORKER = PREFIX + "worker:"  # + incarnation
+WORKERS = PREFIX + "workers"
