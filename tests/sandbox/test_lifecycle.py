@@ -99,7 +99,8 @@ def test_killed_worker_leaves_no_container(settings, raw_docker):
         from executor.sandbox import default_limits
         from executor.service import ExecutionService
         s = Settings.from_env({{"DOCKER_HOST": {settings.docker_host!r}, "HOSTNAME": "killed-worker",
-                               "EXECUTOR_PROXY_TOKEN": {settings.proxy_token!r}}})
+                               "EXECUTOR_PROXY_TOKEN": {settings.proxy_token!r},
+                               "EXECUTOR_PYTHON_IMAGE": {settings.python_image!r}}})
         svc = ExecutionService(s)
         svc.run(RunRequest(code="import time\\ntime.sleep(60)", limits=default_limits(s)), "x")
         """
@@ -156,5 +157,5 @@ def test_missing_image_is_pulled_once_then_a_typed_error_naming_it(raw_docker):
 
 
 def test_present_image_is_identified_by_digest(service):
-    image_id = service.engine.image_id("executor-python:3.11")
+    image_id = service.engine.image_id(service.settings.python_image)
     assert image_id.startswith("sha256:") and len(image_id) == 71

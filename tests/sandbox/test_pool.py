@@ -112,7 +112,7 @@ def test_reaper_removes_containers_of_a_dead_worker(settings, raw_docker):
 
     dead_owner = f"{settings.instance}:999999:dead"
     config = sandbox_config(
-        image="executor-python:3.11",
+        image=settings.python_image,
         memory_mb=64,
         cpus=0.1,
         pids=16,

@@ -19,7 +19,7 @@ def test_stdout_and_exit_code(run):
         "",
     )
     assert r.language == "python"
-    assert r.image.startswith("executor-python:3.11@sha256:")
+    assert r.image.startswith(f"{run.settings.python_image}@sha256:")
     assert not r.stdout_truncated and not r.stderr_truncated
     assert r.started_at.endswith("Z") and r.finished_at >= r.started_at
 
