@@ -111,6 +111,13 @@ class Settings:
     queue_grace_s: float = 10.0  # EXECUTOR_QUEUE_GRACE (added to the timeout for POST /execute)
     max_queue: int = 1000  # EXECUTOR_MAX_QUEUE (queued executions before 429)
 
+    # The API's HTTP connections (enforced by the gevent worker, executor.http_worker).
+    http_head_timeout: float = 10.0  # EXECUTOR_HTTP_HEAD_TIMEOUT (seconds for a request head)
+    http_body_timeout: float = 30.0  # EXECUTOR_HTTP_BODY_TIMEOUT (seconds for a request body)
+    http_send_timeout: float = 30.0  # EXECUTOR_HTTP_SEND_TIMEOUT (seconds per response write)
+    http_idle_timeout: float = 75.0  # EXECUTOR_HTTP_IDLE_TIMEOUT (a kept-alive connection's idle)
+    http_max_connections: int = 4096  # EXECUTOR_HTTP_MAX_CONNECTIONS (per API process; 503 past it)
+
     # Docker security proxy.
     proxy_listen: str = "0.0.0.0:2375"  # PROXY_LISTEN
     proxy_upstream: str = "unix:///var/run/docker.sock"  # PROXY_UPSTREAM
@@ -166,6 +173,13 @@ class Settings:
             result_ttl_s=_int(env, "EXECUTOR_RESULT_TTL", d.result_ttl_s, 60),
             queue_grace_s=_float(env, "EXECUTOR_QUEUE_GRACE", d.queue_grace_s, 0.0),
             max_queue=_int(env, "EXECUTOR_MAX_QUEUE", d.max_queue, 1),
+            http_head_timeout=_float(env, "EXECUTOR_HTTP_HEAD_TIMEOUT", d.http_head_timeout, 0.1),
+            http_body_timeout=_float(env, "EXECUTOR_HTTP_BODY_TIMEOUT", d.http_body_timeout, 0.1),
+            http_send_timeout=_float(env, "EXECUTOR_HTTP_SEND_TIMEOUT", d.http_send_timeout, 0.1),
+            http_idle_timeout=_float(env, "EXECUTOR_HTTP_IDLE_TIMEOUT", d.http_idle_timeout, 0.1),
+            http_max_connections=_int(
+                env, "EXECUTOR_HTTP_MAX_CONNECTIONS", d.http_max_connections, 1
+            ),
             proxy_listen=_str(env, "PROXY_LISTEN", d.proxy_listen),
             proxy_upstream=_str(env, "PROXY_UPSTREAM", d.proxy_upstream),
             proxy_audit_log=_str(env, "PROXY_AUDIT_LOG", d.proxy_audit_log),
