@@ -51,6 +51,8 @@ HEARTBEAT_TTL_S = 6  # a worker silent for this long is taken for dead
 DONE_TTL_S = 30  # how long a finished payload waits for the POST /execute that asked for it
 WAIT_SLICE_S = 2.0  # one wait; between slices the waiter looks for a lost worker
 FINISHED_CHANNEL = PREFIX + "finished"
+POOL_SIZE = 64  # Redis connections per process
+POOL_WAIT_S = 5.0  # how long a caller waits for a free one before Redis counts as unavailable
 LOST_MESSAGE = (
     "the worker {worker} was lost before this execution finished (it stopped or stopped "
     "answering); the program is not run again"
@@ -162,17 +164,24 @@ def safe_address(url: str) -> str:
 def connect(url: str) -> redis.Redis:
     """A client with a thread-safe connection pool, that fails fast when Redis is down.
 
+    The pool holds at most POOL_SIZE connections; past that a caller (thread or greenlet)
+    waits for one up to POOL_WAIT_S, so thousands of concurrent requests share a few dozen
+    connections instead of failing with "too many connections".
+
     One quick retry covers a pooled connection that a Redis restart closed; anything more would
     turn "Redis is down" into a wait. No connection is made until the first command.
     """
-    return redis.Redis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT_S,
         decode_responses=True,
         socket_connect_timeout=1.0,
         socket_timeout=WAIT_SLICE_S + 3.0,
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 @dataclass(frozen=True)
