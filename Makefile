@@ -24,7 +24,7 @@ SCRIPT_ENV := PORT='$(PORT)' REDIS_URL='$(REDIS_URL)' PROXY_LISTEN='$(PROXY_LIST
 	PROXY_UPSTREAM='$(PROXY_UPSTREAM)' RUN_DIR='$(RUN_DIR)' PYTHON='$(PYTHON)' \
 	EXECUTOR_PYTHON_IMAGE='$(EXECUTOR_PYTHON_IMAGE)' SERVICE_IMAGE='$(SERVICE_IMAGE)'
 
-.PHONY: help setup venv images up down test lint bench check wheelhouse service-image clean clean-images
+.PHONY: help setup venv images up down test lint bench bench-serving check wheelhouse service-image clean clean-images
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-14s %s\n", $$1, $$2 }'
@@ -63,6 +63,9 @@ lint: venv ## ruff and mypy
 
 bench: setup ## run the benchmarks
 	REDIS_URL='$(REDIS_URL)' $(VENV)/bin/python -m bench
+
+bench-serving: setup ## the API under thousands of waiting and stalled clients, gthread beside gevent
+	REDIS_URL='$(REDIS_URL)' $(VENV)/bin/python -m bench.serving
 
 check: ## contract conformance of the running stack (`make up` first)
 	$(PYTHON) $(SHARED_DIR)/tools/contract-check http://127.0.0.1:$(PORT)

@@ -135,6 +135,15 @@ class Settings:
     queue_grace_s: float = _setting("EXECUTOR_QUEUE_GRACE", 10.0, _float(0.0))
     max_queue: int = _setting("EXECUTOR_MAX_QUEUE", 1000, _int(1))  # queued before 429
 
+    # The API's HTTP connections (enforced by the gevent worker, executor.http_worker).
+    http_head_timeout: float = _setting("EXECUTOR_HTTP_HEAD_TIMEOUT", 10.0, _float(0.1))
+    http_body_timeout: float = _setting("EXECUTOR_HTTP_BODY_TIMEOUT", 30.0, _float(0.1))
+    # Seconds per response write; a kept-alive connection's idle time.
+    http_send_timeout: float = _setting("EXECUTOR_HTTP_SEND_TIMEOUT", 30.0, _float(0.1))
+    http_idle_timeout: float = _setting("EXECUTOR_HTTP_IDLE_TIMEOUT", 75.0, _float(0.1))
+    # Per API process; 503 + Retry-After past it.
+    http_max_connections: int = _setting("EXECUTOR_HTTP_MAX_CONNECTIONS", 4096, _int(1))
+
     # Docker security proxy.
     proxy_listen: str = _setting("PROXY_LISTEN", "0.0.0.0:2375", _str)
     proxy_upstream: str = _setting("PROXY_UPSTREAM", "unix:///var/run/docker.sock", _str)

@@ -7,6 +7,7 @@ Everything here is shared by every API and worker process. Keys (all under ``exe
     recent           list of ids, newest first, capped at EXECUTOR_HISTORY_SIZE
     running          hash: id -> the worker incarnation that runs it
     done:<id>        list holding the final payload once: what a waiting POST /execute pops
+    finished         pub/sub channel: the id of each execution as it finishes (wakes waiters)
     counters         hash: executions by status, containers, durations
     worker:<inc>     string: a worker incarnation's heartbeat (JSON), expiring HEARTBEAT_TTL_S
     workers          sorted set of incarnations that have beaten
@@ -16,6 +17,11 @@ each step is one Lua script, so a record is never half written and a finish is a
 the incarnation that claimed the execution. A running execution whose incarnation stopped
 beating is "lost": `sweep_lost()` finishes it as internal_error (any process may sweep).
 
+Waiting for a result costs no Redis connection per waiter: each process subscribes once to
+``finished`` (a listener thread, a greenlet under gevent) and wakes the waiters of the ids it
+hears; a waiter then pops ``done:<id>``. A publish missed (Redis restarting) only delays a
+waiter to the end of its slice, where it reads the record.
+
 Redis faults leave this module as RedisUnavailable naming the address (never its password).
 """
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +46,7 @@ from executor.models import iso
 from executor.names import (
     COUNTERS,
     DONE,
+    FINISHED,
     QUEUE_KEYS,
     RECENT,
     RECORD,
@@ -50,7 +58,9 @@ from executor.names import (
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_S = 6  # a worker silent for this long is taken for dead
 DONE_TTL_S = 30  # how long a finished payload waits for the POST /execute that asked for it
-WAIT_SLICE_S = 2.0  # one BLPOP; between slices the waiter looks for a lost worker
+WAIT_SLICE_S = 2.0  # one wait; between slices the waiter looks for a lost worker
+POOL_SIZE = 64  # Redis connections per process
+POOL_WAIT_S = 5.0  # how long a caller waits for a free one before Redis counts as unavailable
 LOST_MESSAGE = (
     "the worker {worker} was lost before this execution finished (it stopped or stopped "
     "answering); the program is not run again"
@@ -112,6 +122,7 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[8], 1)
 redis.call('LPUSH', KEYS[4], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[7])
+redis.call('PUBLISH', ARGV[11], ARGV[1])
 return 1
 """
 
@@ -134,6 +145,7 @@ for i = 1, #entries, 2 do
       redis.call('HINCRBY', KEYS[2], ARGV[7], 1)
       redis.call('LPUSH', ARGV[3] .. id, body)
       redis.call('EXPIRE', ARGV[3] .. id, ARGV[5])
+      redis.call('PUBLISH', ARGV[8], id)
       table.insert(lost, id)
     end
   end
@@ -153,17 +165,24 @@ def safe_address(url: str) -> str:
 def connect(url: str) -> redis.Redis:
     """A client with a thread-safe connection pool, that fails fast when Redis is down.
 
+    The pool holds at most POOL_SIZE connections; past that a caller (thread or greenlet)
+    waits for one up to POOL_WAIT_S, so thousands of concurrent requests share a few dozen
+    connections instead of failing with "too many connections".
+
     One quick retry covers a pooled connection that a Redis restart closed; anything more would
     turn "Redis is down" into a wait. No connection is made until the first command.
     """
-    return redis.Redis.from_url(
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT_S,
         decode_responses=True,
         socket_connect_timeout=1.0,
         socket_timeout=WAIT_SLICE_S + 3.0,
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 @dataclass(frozen=True)
@@ -227,6 +246,7 @@ class Store:
         self._claim = self.redis.register_script(_CLAIM)
         self._finish = self.redis.register_script(_FINISH)
         self._sweep = self.redis.register_script(_SWEEP)
+        self._finishes = _Finishes(self.redis)
 
     @contextlib.contextmanager
     def _translated(self, what: str) -> Iterator[None]:
@@ -246,6 +266,7 @@ class Store:
             raise ExecutorError(f"Redis failed to {what}: {type(e).__name__}: {e}") from None
 
     def close(self) -> None:
+        self._finishes.close()
         self.redis.close()
 
     def ping(self) -> None:
@@ -297,13 +318,24 @@ class Store:
             pipe.execute()
 
     def wait(self, execution_id: str, seconds: float) -> dict[str, Any] | None:
-        """The final payload of `execution_id` once it finishes within `seconds`, else None."""
+        """The final payload of `execution_id` once it finishes within `seconds`, else None.
+
+        Waits at most WAIT_SLICE_S, holding no Redis connection meanwhile.
+        """
         timeout = max(0.01, min(seconds, WAIT_SLICE_S))
+        event = self._finishes.watch(execution_id)
+        try:
+            payload = self._pop_done(execution_id)
+            if payload is None and event.wait(timeout):
+                payload = self._pop_done(execution_id)
+            return payload
+        finally:
+            self._finishes.unwatch(execution_id, event)
+
+    def _pop_done(self, execution_id: str) -> dict[str, Any] | None:
         with self._translated("wait for a result"):
-            popped = self.redis.blpop([DONE + execution_id], timeout=timeout)
-        if popped is None:
-            return None
-        return cast(dict[str, Any], json.loads(popped[1]))
+            popped = cast(str | None, self.redis.lpop(DONE + execution_id))
+        return None if popped is None else cast(dict[str, Any], json.loads(popped))
 
     def get(self, execution_id: str) -> Record | None:
         """The record of `execution_id`, or None for an id never submitted (or expired).
@@ -391,6 +423,7 @@ class Store:
             counter or metrics.executions(status),
             metrics.DURATION_MS_TOTAL,
             metrics.DURATION_COUNT,
+            FINISHED,
         ]
         with self._translated("store a result"):
             return bool(self._finish(keys, args))
@@ -404,11 +437,8 @@ class Store:
             DONE,
         ]
         with self._translated("look for lost executions"):
-            lost = self._sweep(
-                keys,
-                [*args, self.ttl_s, DONE_TTL_S, LOST_MESSAGE, metrics.executions("internal_error")],
-            )
-        return cast(list[str], lost)
+            args += [self.ttl_s, DONE_TTL_S, LOST_MESSAGE, metrics.executions("internal_error")]
+            return cast(list[str], self._sweep(keys, [*args, FINISHED]))
 
     def beat(self, incarnation: str, info: Mapping[str, Any], counts: Mapping[str, int]) -> None:
         """Say that `incarnation` is alive (with `info` for /status) and add `counts`."""
@@ -493,3 +523,73 @@ def _recent_entry(execution_id: str, row: list[str | None]) -> dict[str, Any]:
 
 def _record(execution_id: str) -> str:
     return RECORD + execution_id
+
+
+class _Finishes:
+    """This process's one subscription to FINISHED, and the waiters it wakes.
+
+    The listener starts with the first waiter and runs until close(); it resubscribes after a
+    Redis fault. Thread-safe; under gevent its thread is a greenlet.
+    """
+
+    SUBSCRIBE_WAIT_S = 1.0  # how long a first waiter waits for the subscription to be active
+    POLL_S = 1.0  # how often the listener looks at its stop flag
+    RETRY_S = 0.5
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._lock = threading.Lock()
+        self._waiters: dict[str, set[threading.Event]] = {}
+        self._subscribed = threading.Event()
+        self._stopping = threading.Event()
+        self._listener: threading.Thread | None = None
+
+    def watch(self, execution_id: str) -> threading.Event:
+        """An event set when `execution_id` finishes from now on (unwatch it after)."""
+        event = threading.Event()
+        with self._lock:
+            self._waiters.setdefault(execution_id, set()).add(event)
+            if self._listener is None or not self._listener.is_alive():
+                self._stopping.clear()
+                self._listener = threading.Thread(
+                    target=self._listen, name="executor-finishes", daemon=True
+                )
+                self._listener.start()
+        self._subscribed.wait(self.SUBSCRIBE_WAIT_S)
+        return event
+
+    def unwatch(self, execution_id: str, event: threading.Event) -> None:
+        with self._lock:
+            events = self._waiters.get(execution_id)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiters[execution_id]
+
+    def close(self) -> None:
+        self._stopping.set()
+        listener = self._listener
+        if listener is not None and listener is not threading.current_thread():
+            listener.join(self.POLL_S + 1.0)
+
+    def _listen(self) -> None:
+        while not self._stopping.is_set():
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(FINISHED)
+                self._subscribed.set()
+                while not self._stopping.is_set():
+                    message = pubsub.get_message(timeout=self.POLL_S)
+                    if message is not None and message.get("type") == "message":
+                        self._wake(str(message["data"]))
+            except redis.RedisError:
+                self._stopping.wait(self.RETRY_S)  # waiters fall back on their slices
+            finally:
+                self._subscribed.clear()
+                pubsub.close()
+
+    def _wake(self, execution_id: str) -> None:
+        with self._lock:
+            events = list(self._waiters.get(execution_id, ()))
+        for event in events:
+            event.set()

@@ -60,10 +60,29 @@ def test_the_worker_registers_the_task_by_its_contract_name():
 
 
 def test_gunicorn_is_configured_for_waiting_requests():
-    from executor.web.serve import options
+    from executor.server import options
 
     opts = options(Settings.from_env({"PORT": "9999", "EXECUTOR_MAX_TIMEOUT": "60"}), {})
-    assert opts["worker_class"] == "gthread" and opts["threads"] >= 32 and opts["workers"] == 2
+    assert opts["worker_class"] == "executor.http_worker.GeventWorker" and opts["workers"] == 2
     assert opts["bind"] == ["0.0.0.0:9999"]
     assert opts["timeout"] >= 60 + Settings().queue_grace_s
     assert "%(b)" not in opts["access_log_format"]  # no bodies in the access log
+    assert opts["keepalive"] == Settings().http_idle_timeout
+    # Today's threads stay one setting away, for comparison.
+    gthread = options(Settings(), {"GUNICORN_WORKER_CLASS": "gthread"})
+    assert gthread["worker_class"] == "gthread" and gthread["threads"] >= 32
+
+
+def test_gunicorn_master_imports_nothing_that_gevent_must_patch_first():
+    # gunicorn.conf.py and the worker class are imported by the master, before gevent patches
+    # the workers: Redis, Celery and the app must be imported only in the workers.
+    code = (
+        "import runpy, sys; runpy.run_path('gunicorn.conf.py');"
+        "import executor.http_worker;"
+        "print(sorted(m for m in ('redis', 'celery', 'kombu', 'flask', 'executor.web')"
+        " if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
