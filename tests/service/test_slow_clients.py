@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from executor.models import FINISHED
 from executor.store import Store
 from tests.conftest import free_port, wait_http
 from tests.service.conftest import Process, spawn, wait_until
@@ -202,7 +203,7 @@ def test_a_client_that_disconnects_mid_wait_leaves_the_execution_to_finish(
         # The client is gone; the execution runs on and its result is stored.
         record = wait_until(
             "the execution finishes",
-            lambda: (r := store.get(execution_id)) is not None and r.finished and r,
+            lambda: (r := store.get(execution_id)) is not None and r.status in FINISHED and r,
             60,
         )
         assert record.payload["status"] == "success"
