@@ -134,6 +134,8 @@ class Settings:
     # Added to the timeout for POST /execute.
     queue_grace_s: float = _setting("EXECUTOR_QUEUE_GRACE", 10.0, _float(0.0))
     max_queue: int = _setting("EXECUTOR_MAX_QUEUE", 1000, _int(1))  # queued before 429
+    # Each worker's own /healthz, /readyz and /metrics (executor.monitor); 0 turns it off.
+    monitor_port: int = _setting("EXECUTOR_MONITOR_PORT", 8084, _int(0))
 
     # The API's HTTP connections (enforced by the gevent worker, executor.http_worker).
     http_head_timeout: float = _setting("EXECUTOR_HTTP_HEAD_TIMEOUT", 10.0, _float(0.1))

@@ -99,7 +99,7 @@ class PoolStats:
     def __init__(self) -> None:
         self._reader = ThreadPoolExecutor(1, "pool-stats")
         self._query: Future[dict[str, Any]] | None = None
-        self._last: dict[str, Any] = {"warm": 0, "target": 0, "idle": {}}
+        self._last: dict[str, Any] = {"warm": 0, "starting": 0, "target": 0, "idle": {}}
 
     def read(self, ask: Callable[[], dict[str, Any]] | None) -> dict[str, Any]:
         if ask is not None and (self._query is None or self._query.done()):
@@ -109,6 +109,7 @@ class PoolStats:
                 stats = self._query.result(timeout=POOL_STATS_WAIT_S)
                 self._last = {
                     "warm": stats.get("warm", 0),
+                    "starting": stats.get("starting", 0),
                     "target": stats.get("target", 0),
                     "idle": dict(stats.get("idle") or {}),
                 }
@@ -153,6 +154,9 @@ class Heartbeat:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._forever, name="heartbeat", daemon=True)
         self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         """Stop beating (the counts not sent yet stay for `flush()`)."""

@@ -197,3 +197,46 @@ def registry(snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:
 def render(registry: CollectorRegistry) -> bytes:
     """The Prometheus text of `registry`."""
     return generate_latest(registry)
+
+
+# A worker's own series, on its monitoring endpoint (executor.monitor).
+WORKER_SERIES = {
+    "active": ("executor_worker_active_executions", "Executions running on this worker."),
+    "processed": ("executor_worker_processed_total", "Executions this worker has finished."),
+    "concurrency": ("executor_worker_concurrency", "Executions this worker runs at once."),
+    "warm": ("executor_worker_pool_warm", "Warm containers ready on this worker."),
+    "starting": ("executor_worker_pool_starting", "Warm containers being started."),
+    "target": ("executor_worker_pool_target", "Warm containers this worker keeps."),
+    "idle": ("executor_worker_pool_idle", "Warm containers ready, by language."),
+}
+
+
+def worker_metrics(info: Mapping[str, Any]) -> bytes:
+    """The Prometheus text of one worker (its /status entry, `WorkerRuntime.info()`)."""
+    pool = info.get("pool") or {}
+    labels = {"worker": str(info.get("name", ""))}
+    families: list[Metric] = []
+    for key in ("active", "processed", "concurrency"):
+        name, text = WORKER_SERIES[key]
+        kind = CounterMetricFamily if key == "processed" else GaugeMetricFamily
+        family = kind(name.removesuffix("_total"), text, labels=list(labels))
+        family.add_metric(list(labels.values()), float(info.get(key) or 0))
+        families.append(family)
+    for key in ("warm", "starting", "target"):
+        name, text = WORKER_SERIES[key]
+        gauge = GaugeMetricFamily(name, text, labels=list(labels))
+        gauge.add_metric(list(labels.values()), float(pool.get(key) or 0))
+        families.append(gauge)
+    name, text = WORKER_SERIES["idle"]
+    idle = GaugeMetricFamily(name, text, labels=[*labels, "language"])
+    for language, count in sorted((info.get("idle") or {}).items()):
+        idle.add_metric([*labels.values(), str(language)], float(count))
+    families.append(idle)
+
+    class _Fixed:
+        def collect(self) -> Iterator[Metric]:
+            yield from families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed())
+    return bytes(generate_latest(registry))

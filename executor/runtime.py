@@ -44,6 +44,7 @@ class Service(Protocol):
     def stop(self) -> None: ...
     def run(self, request: RunRequest, execution_id: str) -> RunResult: ...
     def pool_stats(self) -> dict[str, Any]: ...
+    def ping(self) -> None: ...
 
 
 def default_service(settings: Settings, events: EventSink) -> Service:
@@ -122,6 +123,14 @@ class WorkerRuntime:
                 log.warning("executions lost at shutdown: %s", lost)
         except ExecutorError as e:
             log.warning("could not say goodbye to Redis: %s", e)
+
+    def alive(self) -> bool:
+        """Started, not stopped, and beating."""
+        return self._service is not None and self.heartbeat.alive()
+
+    def ping_docker(self) -> None:
+        """Raise DockerUnavailable (or another ExecutorError) unless Docker answers."""
+        self.service.ping()
 
     @property
     def service(self) -> Service:
@@ -257,7 +266,11 @@ class WorkerRuntime:
             "active": self.backstop.active(),
             "processed": processed,
             "concurrency": self.settings.concurrency,
-            "pool": {"warm": stats["warm"], "target": stats["target"]},
+            "pool": {
+                "warm": stats["warm"],
+                "starting": stats["starting"],
+                "target": stats["target"],
+            },
             "idle": stats["idle"],
             "started_at": self._started_at,
         }

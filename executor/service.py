@@ -118,3 +118,6 @@ class ExecutionService:
 
     def pool_stats(self) -> dict[str, Any]:
         return self.pool.stats()
+
+    def ping(self) -> None:
+        self.engine.ping()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery, Task, signals
+from celery import Celery, Task, bootsteps, signals
 
 from executor.celery_app import create_celery
 from executor.config import Settings
 from executor.errors import ExecutorError
+from executor.monitor import MonitorServer, WorkerProbe
 from executor.names import TASK_NAME
 from executor.runtime import WorkerRuntime
 
@@ -35,10 +36,21 @@ def register(app: Celery, runtime: WorkerRuntime) -> Task:
 
 
 def create_worker(settings: Settings) -> Celery:
-    """The worker's app: the task `executor.execute` and one WorkerRuntime per process."""
+    """The worker's app: the task `executor.execute`, one WorkerRuntime per process, and the
+    worker's own monitoring endpoint (executor.monitor)."""
     app = create_celery(settings)
     runtime = WorkerRuntime(settings)
     register(app, runtime)
+    consumer: list[Any] = []  # the Celery consumer, once the worker is ready
+
+    def alive() -> bool:
+        state = (
+            getattr(getattr(consumer[0], "blueprint", None), "state", None) if consumer else None
+        )
+        return runtime.alive() and state == bootsteps.RUN
+
+    probe = WorkerProbe(alive, runtime.store.ping, runtime.ping_docker, runtime.info)
+    monitor = MonitorServer(settings.monitor_port, probe)
 
     # Celery's signals are process-wide: act only for this app's own worker.
     def on_ready(sender: Any = None, **_: Any) -> None:
@@ -47,9 +59,12 @@ def create_worker(settings: Settings) -> Celery:
             # stdout) at INFO; the runtime logs each execution without its data instead.
             logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
             runtime.start(getattr(sender, "hostname", None))
+            consumer[:] = [sender]
+            monitor.start()
 
     def on_shutdown(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
+            monitor.stop()
             runtime.stop()
 
     signals.worker_ready.connect(on_ready, weak=False)

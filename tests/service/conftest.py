@@ -125,6 +125,7 @@ def start_worker(logdir: Path) -> Iterator[WorkerFactory]:
             "HOSTNAME": name,
             "EXECUTOR_POOL_SIZE": "1",
             "EXECUTOR_CONCURRENCY": "4",
+            "EXECUTOR_MONITOR_PORT": "0",  # several workers on one host: a test asks for one
             **env,
         }
         argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-n", f"{name}@%h"]
