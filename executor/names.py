@@ -24,6 +24,7 @@ RECORD = PREFIX + "execution:"  # + id
 RECENT = PREFIX + "recent"
 RUNNING = PREFIX + "running"
 DONE = PREFIX + "done:"  # + id
+IDEMPOTENCY = PREFIX + "idempotency:"  # + sha256 of an Idempotency-Key
 FINISHED = PREFIX + "finished"  # pub/sub: the id of each execution that just finished
 COUNTERS = PREFIX + "counters"
 WORKER = PREFIX + "worker:"  # + incarnation

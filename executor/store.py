@@ -28,6 +28,7 @@ Redis faults leave this module as RedisUnavailable naming the address (never its
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -47,6 +48,7 @@ from executor.names import (
     COUNTERS,
     DONE,
     FINISHED,
+    IDEMPOTENCY,
     QUEUE_KEYS,
     RECENT,
     RECORD,
@@ -307,6 +309,26 @@ class Store:
         if outcome == "exists":
             raise ExecutorError(f"execution id {execution_id} is already taken")
         return int(depth)
+
+    def remember_key(self, key: str, fingerprint: str, execution_id: str) -> tuple[str, str]:
+        """Tie an Idempotency-Key to `execution_id` for a body with `fingerprint`, unless it is
+        tied already: then (its execution id, its body's fingerprint). One atomic SET NX, so
+        of concurrent retries exactly one submits."""
+        name = IDEMPOTENCY + hashlib.sha256(key.encode()).hexdigest()
+        value = f"{fingerprint} {execution_id}"
+        with self._translated("remember an Idempotency-Key"):
+            if self.redis.set(name, value, nx=True, ex=self.ttl_s):
+                return execution_id, fingerprint
+            stored = cast(str | None, self.redis.get(name))
+        if stored is None:  # expired between the two calls: a fresh claim
+            return self.remember_key(key, fingerprint, execution_id)
+        known_fingerprint, _, known_id = stored.partition(" ")
+        return known_id, known_fingerprint
+
+    def forget_key(self, key: str) -> None:
+        """Untie a key whose submission failed (nothing ran), so a retry may submit."""
+        with self._translated("forget an Idempotency-Key"):
+            self.redis.delete(IDEMPOTENCY + hashlib.sha256(key.encode()).hexdigest())
 
     def discard(self, execution_id: str) -> None:
         """Forget a submission that could not be queued (its id was never given out)."""

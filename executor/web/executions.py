@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import Response
+from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema
@@ -94,7 +94,8 @@ def blueprint(request_schema: type[RequestSchema]) -> Blueprint:
         @_errors(blp, 413, 422, 429, 503)
         def post(self, run: RunRequest) -> Any:
             ctx = context()
-            execution_id = submissions.submit(ctx, run)
+            key = request.headers.get(submissions.IDEMPOTENCY_HEADER)
+            execution_id = submissions.submit(ctx, run, key)
             budget = run.limits.timeout + ctx.settings.queue_grace_s
             payload = submissions.wait(ctx, execution_id, budget)
             if payload is not None:
@@ -113,7 +114,8 @@ def blueprint(request_schema: type[RequestSchema]) -> Blueprint:
         )
         @_errors(blp, 413, 422, 429, 503)
         def post(self, run: RunRequest) -> Response:
-            return pending(submissions.submit(context(), run), "queued")
+            key = request.headers.get(submissions.IDEMPOTENCY_HEADER)
+            return pending(submissions.submit(context(), run, key), "queued")
 
     @blp.route("/executions/<execution_id>")
     class Execution(MethodView):

@@ -7,6 +7,8 @@ couple of seconds between which it checks that the execution's worker is still a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 import uuid
@@ -14,7 +16,7 @@ from typing import Any
 
 from kombu.exceptions import OperationalError
 
-from executor.errors import RedisUnavailable
+from executor.errors import InvalidRequest, RedisUnavailable
 from executor.models import RunRequest
 from executor.names import QUEUE, TASK_NAME
 from executor.web.context import Context
@@ -22,14 +24,55 @@ from executor.web.context import Context
 log = logging.getLogger(__name__)
 
 
-def submit(ctx: Context, request: RunRequest) -> str:
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_KEY_CHARS = 255
+
+
+def submit(ctx: Context, request: RunRequest, idempotency_key: str | None = None) -> str:
     """Queue a validated `request`; its new execution id.
 
+    With an Idempotency-Key, a retry of the same body gets the execution the key first
+    queued (never a second run), and the same key with another body is an InvalidRequest.
     Raises DockerUnavailable/NoWorkers/RedisUnavailable (503) or QueueFull (429) before
     anything is queued.
     """
     ctx.health.require_docker()
     execution_id = str(uuid.uuid4())
+    if idempotency_key is not None:
+        known = _known_execution(ctx, request, idempotency_key, execution_id)
+        if known is not None:
+            return known
+    try:
+        _queue(ctx, request, execution_id)
+    except BaseException:
+        if idempotency_key is not None:
+            ctx.store.forget_key(idempotency_key)  # nothing was queued: a retry may submit
+        raise
+    return execution_id
+
+
+def _known_execution(ctx: Context, request: RunRequest, key: str, execution_id: str) -> str | None:
+    """The execution `key` already stands for, or None once `key` is tied to `execution_id`."""
+    if not key or len(key) > MAX_KEY_CHARS or not key.isprintable():
+        raise InvalidRequest(
+            f"the {IDEMPOTENCY_HEADER} header must be 1 to {MAX_KEY_CHARS} printable characters",
+            errors={IDEMPOTENCY_HEADER: ["Not a usable key."]},
+        )
+    body = json.dumps(ctx.requests.dump(request), sort_keys=True, separators=(",", ":"))
+    fingerprint = hashlib.sha256(body.encode()).hexdigest()
+    known_id, known_fingerprint = ctx.store.remember_key(key, fingerprint, execution_id)
+    if known_fingerprint != fingerprint:
+        raise InvalidRequest(
+            f"this {IDEMPOTENCY_HEADER} was used with another request body",
+            errors={IDEMPOTENCY_HEADER: ["Already used with another request body."]},
+        )
+    if known_id != execution_id:
+        log.info("execution %s: a retry with its Idempotency-Key", known_id)
+        return known_id
+    return None
+
+
+def _queue(ctx: Context, request: RunRequest, execution_id: str) -> None:
     ctx.store.submit(execution_id, request.language, ctx.settings.max_queue)
     try:
         ctx.celery.send_task(
@@ -47,7 +90,6 @@ def submit(ctx: Context, request: RunRequest) -> str:
         ctx.store.discard(execution_id)
         raise RedisUnavailable(f"could not queue the execution: {type(e).__name__}: {e}") from None
     log.info("execution %s queued (%s)", execution_id, request.language)
-    return execution_id
 
 
 def wait(ctx: Context, execution_id: str, budget_s: float) -> dict[str, Any] | None:
