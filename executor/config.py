@@ -68,14 +68,27 @@ def _uid_range(name: str, raw: str) -> tuple[int, int]:
     return lo, hi
 
 
+_UNSET = object()
+
+
 def _setting(
-    variable: str, default: Any, parse: Parser, env_default: Callable[[], Any] | None = None
+    variable: str,
+    default: Any,
+    parse: Parser,
+    env_default: Callable[[], Any] | None = None,
+    empty: Any = _UNSET,
 ) -> Any:
     """One row of the table: a field read from `variable` with `parse`; unset or empty gives
-    `default` (or, from the environment, `env_default()`)."""
+    `default` (or, from the environment, `env_default()`), except that with `empty` a variable
+    set to the empty string gives `empty` (a setting that empty turns off)."""
     return field(
         default=default,
-        metadata={"variable": variable, "parse": parse, "env_default": env_default},
+        metadata={
+            "variable": variable,
+            "parse": parse,
+            "env_default": env_default,
+            "empty": empty,
+        },
     )
 
 
@@ -161,6 +174,8 @@ class Settings:
     proxy_head_timeout: float = _setting("PROXY_HEAD_TIMEOUT", 10.0, _float(0.1))
     proxy_idle_timeout: float = _setting("PROXY_IDLE_TIMEOUT", 120.0, _float(0.1))
     proxy_max_connections: int = _setting("PROXY_MAX_CONNECTIONS", 1024, _int(1))
+    # The proxy's own /metrics (never on the Docker port); set to empty to turn it off.
+    proxy_metrics_listen: str = _setting("PROXY_METRICS_LISTEN", "0.0.0.0:9102", _str, empty="")
 
     log_level: str = _setting("EXECUTOR_LOG_LEVEL", "INFO", _upper)
 
@@ -174,6 +189,8 @@ class Settings:
             raw = env.get(variable)
             if raw:
                 values[f.name] = parse(variable, raw)
+            elif raw is not None and f.metadata["empty"] is not _UNSET:
+                values[f.name] = f.metadata["empty"]
             elif f.metadata["env_default"] is not None:
                 values[f.name] = f.metadata["env_default"]()
         settings = cls(**values)

@@ -16,7 +16,7 @@ import bisect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -25,6 +25,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from executor.errors import RedisUnavailable
 from executor.models import FINISHED
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -36,6 +37,7 @@ CONTAINERS_CREATED = "containers_created"
 CONTAINERS_REMOVED = "containers_removed"
 CONTAINERS_FAILED = "containers_failed"  # failed to be created
 CONTAINERS_REAPED = "containers_reaped"
+POOL_MISSES = "pool_misses"  # a pooled profile's execution found no warm container
 DURATION_MS_TOTAL = "duration_ms_total"
 DURATION_COUNT = "duration_count"
 CONTAINER_EVENTS = {
@@ -100,13 +102,38 @@ def idle_by_language(workers: list[dict[str, Any]]) -> dict[str, int]:
 
 
 class SnapshotCollector:
-    """A prometheus_client collector over `Store.snapshot()` (read at each scrape)."""
+    """A prometheus_client collector over `Store.snapshot()` (read at each scrape).
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+    With `health` (the API's checks: {dependency: whether it answers}), `executor_up` says
+    which dependencies answer; then a snapshot that fails (Redis down) leaves out the series
+    read from Redis instead of failing the scrape, so an alert can tell Redis down from the
+    API down.
+    """
+
+    def __init__(
+        self,
+        snapshot: Callable[[], dict[str, Any]],
+        health: Callable[[], Mapping[str, bool]] | None = None,
+    ) -> None:
         self._snapshot = snapshot
+        self._health = health
 
     def collect(self) -> Iterator[Metric]:
-        snap = self._snapshot()
+        if self._health is not None:
+            up = GaugeMetricFamily(
+                "executor_up",
+                "1 when the dependency answers the API's health check, else 0.",
+                labels=["dependency"],
+            )
+            for dependency, ok in sorted(self._health().items()):
+                up.add_metric([dependency], 1 if ok else 0)
+            yield up
+            try:
+                snap = self._snapshot()
+            except RedisUnavailable:
+                return  # Redis is down: executor_up{dependency="redis"} says so
+        else:
+            snap = self._snapshot()
         raw: dict[str, int] = snap["counters"]
         workers: list[dict[str, Any]] = snap["workers"]
         by_status = CounterMetricFamily(
@@ -130,6 +157,11 @@ class SnapshotCollector:
         )
         for name, text in CONTAINER_EVENTS.items():
             yield CounterMetricFamily(f"executor_{name}", text, value=raw.get(name, 0))
+        yield CounterMetricFamily(
+            "executor_pool_misses",
+            "Executions of a pooled profile that found no warm container (went cold).",
+            value=raw.get(POOL_MISSES, 0),
+        )
         yield from _histograms(raw)
         yield GaugeMetricFamily(
             "executor_queue_depth", "Executions waiting for a worker.", value=snap["queue"]
@@ -187,10 +219,14 @@ def _histograms(raw: Mapping[str, int]) -> Iterable[Metric]:
         yield family
 
 
-def registry(snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:
-    """A registry of the service's series, read from `snapshot` at each scrape."""
+def registry(
+    snapshot: Callable[[], dict[str, Any]],
+    health: Callable[[], Mapping[str, bool]] | None = None,
+) -> CollectorRegistry:
+    """A registry of the service's series, read from `snapshot` (and `health`, the
+    dependencies that answer: see SnapshotCollector) at each scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot))
+    registry.register(SnapshotCollector(snapshot, health))
     return registry
 
 
@@ -240,3 +276,69 @@ def worker_metrics(info: Mapping[str, Any]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Fixed())
     return bytes(generate_latest(registry))
+
+
+# The Docker security proxy's own series, on its metrics port (PROXY_METRICS_LISTEN), never
+# on the Docker port. One sample per decision the audit log records (executor.proxy.audit).
+PROXY_SERIES = {
+    "requests": (
+        "executor_proxy_requests",
+        "Requests decided by the proxy, by decision (allowed, refused, or missing: a container "
+        "that does not exist, answered 404 as the engine would) and rule.",
+    ),
+    "refusals": (
+        "executor_proxy_refusals",
+        "Requests refused, by client (its authenticated identity, else its address) and rule.",
+    ),
+    "upstream": (
+        "executor_proxy_upstream_failures",
+        "Allowed requests the Docker engine could not answer (502), by rule.",
+    ),
+    "latency": (
+        "executor_proxy_request_duration_seconds",
+        "Allowed requests: from the request head to the engine's answer head, by rule.",
+    ),
+}
+
+
+class ProxyMetrics:
+    """The proxy's counters in a registry of their own (the proxy's process serves only it)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        name, text = PROXY_SERIES["requests"]
+        self._requests = Counter(name, text, ["decision", "rule"], registry=self.registry)
+        name, text = PROXY_SERIES["refusals"]
+        self._refusals = Counter(name, text, ["client", "rule"], registry=self.registry)
+        name, text = PROXY_SERIES["upstream"]
+        self._upstream = Counter(name, text, ["rule"], registry=self.registry)
+        name, text = PROXY_SERIES["latency"]
+        self._latency = Histogram(name, text, ["rule"], buckets=BUCKETS, registry=self.registry)
+
+    def decision(
+        self,
+        *,
+        client: str,
+        identity: str | None,
+        allowed: bool,
+        rule: str,
+        ms: float | None,
+        unreachable: bool = False,
+        missing: bool = False,
+    ) -> None:
+        """Count one decision; `client` is "host:port" (the port is left out of the label).
+
+        `missing`: refused only because the container does not exist (sandboxes remove
+        themselves, so workers meet this every day): not a refusal an operator looks at.
+        """
+        decision = "missing" if missing else "allowed" if allowed else "refused"
+        self._requests.labels(decision, rule).inc()
+        if decision == "refused":
+            self._refusals.labels(identity or client.rpartition(":")[0] or client, rule).inc()
+        if unreachable:
+            self._upstream.labels(rule).inc()
+        elif allowed and ms is not None:
+            self._latency.labels(rule).observe(ms / 1000)
+
+    def render(self) -> bytes:
+        return bytes(generate_latest(self.registry))

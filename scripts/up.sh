@@ -4,7 +4,8 @@
 # GET /health answers 200. A process whose pid file names a live process is left as it is.
 # Run scripts/host-setup.sh and scripts/build-images.sh first (`make up` does).
 #
-# Environment: PORT (8083), PROXY_LISTEN (127.0.0.1:2375), PROXY_UPSTREAM
+# Environment: PORT (8083), PROXY_LISTEN (127.0.0.1:2375), PROXY_METRICS_LISTEN (127.0.0.1:9102;
+# empty: off), PROXY_UPSTREAM
 # (unix:///var/run/docker.sock), REDIS_URL (redis://localhost:6379/0), RUN_DIR (.run),
 # UP_TIMEOUT (seconds to wait for /health, 120), EXECUTOR_PROXY_TOKEN_FILE (RUN_DIR/proxy.token);
 # EXECUTOR_* settings pass through.
@@ -77,6 +78,7 @@ wait_ok() {
 
 start proxy env "PROXY_LISTEN=$PROXY_LISTEN" "PROXY_UPSTREAM=$PROXY_UPSTREAM" \
 	"PROXY_AUDIT_LOG=${PROXY_AUDIT_LOG:-$RUN_DIR/audit.jsonl}" \
+	"PROXY_METRICS_LISTEN=${PROXY_METRICS_LISTEN-127.0.0.1:9102}" \
 	"PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}" "${secret_env[@]}" "$VENV/bin/python" -m executor.proxy
 # The proxy answers anyone (401 without the credential): any answer means it listens.
 wait_ok proxy "$proxy_url/_ping" any 30 proxy

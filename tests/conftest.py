@@ -90,6 +90,9 @@ def proxy_process(upstream: str, audit: Path, **env: str) -> Iterator[str]:
         "PROXY_UPSTREAM": upstream,
         "PROXY_AUDIT_LOG": str(audit),
         "EXECUTOR_PROXY_TOKEN": PROXY_TOKEN,
+        # No metrics port unless the test asks for one (PROXY_METRICS_LISTEN=127.0.0.1:port):
+        # the default port is one for the whole host.
+        "PROXY_METRICS_LISTEN": "",
         **env,
     }
     with open(audit.with_suffix(".log"), "wb") as log:
@@ -121,10 +124,17 @@ def proxy_process(upstream: str, audit: Path, **env: str) -> Iterator[str]:
 def proxy(
     tmp_path_factory: pytest.TempPathFactory, raw_docker: docker.DockerClient
 ) -> Iterator[dict[str, str]]:
-    """The Docker security proxy, started as its own process: {"url", "docker_host", "audit"}."""
+    """The Docker security proxy, started as its own process:
+    {"url", "docker_host", "audit", "metrics" (the URL of its /metrics)}."""
     audit = tmp_path_factory.mktemp("proxy") / "audit.jsonl"
-    with proxy_process(DOCKER_SOCKET, audit) as url:
-        yield {"url": url, "docker_host": url.replace("http://", "tcp://"), "audit": str(audit)}
+    scrape = f"127.0.0.1:{free_port()}"
+    with proxy_process(DOCKER_SOCKET, audit, PROXY_METRICS_LISTEN=scrape) as url:
+        yield {
+            "url": url,
+            "docker_host": url.replace("http://", "tcp://"),
+            "audit": str(audit),
+            "metrics": f"http://{scrape}/metrics",
+        }
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,9 @@ status when allowed, the proxy's own when refused), reason (why it was refused, 
 engine could not be reached) and ms (time to the response head). Bodies, query values, header
 values (the credential above all) and stream contents are never written: they carry users'
 code and the workers' proof of the secret.
+
+Each decision recorded here is counted too, when the log is given the proxy's series
+(executor.metrics.ProxyMetrics): the audit line and the sample cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import sys
 from datetime import UTC, datetime
 from typing import IO
 
+from executor.metrics import ProxyMetrics
+
 PATH_MAX = 256
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -23,7 +28,8 @@ _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 class AuditLog:
     """Appends decisions as JSON lines; each line is flushed as it is written."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, metrics: ProxyMetrics | None = None) -> None:
+        self.metrics = metrics
         self._own = target != "-"
         self._out: IO[str] = (
             open(target, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed in close()
@@ -45,7 +51,21 @@ class AuditLog:
         image: str | None = None,
         reason: str = "",
         ms: float | None = None,
+        unreachable: bool = False,
+        missing: bool = False,
     ) -> None:
+        """Write one decision (`unreachable`: allowed, but the engine could not answer;
+        `missing`: refused because the container does not exist)."""
+        if self.metrics is not None:
+            self.metrics.decision(
+                client=client,
+                identity=identity,
+                allowed=allowed,
+                rule=rule,
+                ms=ms,
+                unreachable=unreachable,
+                missing=missing,
+            )
         line = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "client": client,

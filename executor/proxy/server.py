@@ -528,6 +528,8 @@ class _Connection:
         reason: str = "",
         ms: float | None = None,
         container: str | None = None,
+        unreachable: bool = False,
+        missing: bool = False,
     ) -> None:
         """One audit line for a decision about `request`."""
         self.proxy.audit.record(
@@ -542,6 +544,8 @@ class _Connection:
             image=decision.image,
             reason=reason,
             ms=ms,
+            unreachable=unreachable,
+            missing=missing,
         )
 
     async def _refuse(
@@ -576,7 +580,12 @@ class _Connection:
         """An id that is nobody's because it does not exist: the engine's own 404."""
         reason = f"No such container: {decision.container}"
         self._audit(
-            request, decision, allowed=False, status=404, reason="ownership: no such container"
+            request,
+            decision,
+            allowed=False,
+            status=404,
+            reason="ownership: no such container",
+            missing=True,
         )
         keep = not request.close and request.method != "HEAD"
         self.writer.write(error_response(404, reason, close=not keep))
@@ -588,7 +597,9 @@ class _Connection:
     ) -> bool:
         message = f"Docker engine unreachable at {self.proxy.upstream.url}: {cause}"
         ms = (time.perf_counter() - started) * 1000
-        self._audit(request, decision, allowed=True, status=502, reason=message, ms=ms)
+        self._audit(
+            request, decision, allowed=True, status=502, reason=message, ms=ms, unreachable=True
+        )
         self.writer.write(error_response(502, message, close=True))
         await self.writer.drain()
         return False

@@ -792,6 +792,32 @@ def test_listen_refuses_other_values(value: str) -> None:
         parse_listen(value)
 
 
+def test_metrics_listen_is_on_by_default_and_empty_turns_it_off() -> None:
+    from executor.config import Settings
+    from executor.proxy.__main__ import metrics_address
+
+    assert metrics_address(Settings.from_env({})) == ("0.0.0.0", 9102)
+    assert metrics_address(Settings.from_env({"PROXY_METRICS_LISTEN": ""})) is None
+    on = Settings.from_env({"PROXY_METRICS_LISTEN": "127.0.0.1:9200"})
+    assert metrics_address(on) == ("127.0.0.1", 9200)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PROXY_METRICS_LISTEN": "9102"},
+        {"PROXY_METRICS_LISTEN": "127.0.0.1:2375"},  # the Docker port never serves /metrics
+        {"PROXY_LISTEN": "127.0.0.1:9200", "PROXY_METRICS_LISTEN": "0.0.0.0:9200"},
+    ],
+)
+def test_metrics_listen_refuses_bad_and_docker_addresses(env: dict[str, str]) -> None:
+    from executor.config import Settings, SettingsError
+    from executor.proxy.__main__ import metrics_address
+
+    with pytest.raises(SettingsError, match="PROXY_METRICS_LISTEN"):
+        metrics_address(Settings.from_env(env))
+
+
 def test_audit_lines_are_json_with_every_field(
     tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
