@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from executor import metrics
 from executor.models import Language
 from executor.policy import profile_name
 from executor.sandbox import Container, Sandbox
@@ -91,6 +92,9 @@ class WarmPool:
                 self._dispose(container)
             self.misses += 1
             self._cond.notify_all()
+        if queue is not None and self.size > 0:
+            # A profile the pool keeps warm, found empty: the pool is exhausted (a series).
+            self.sandbox.events(metrics.POOL_MISSES, 1)
         return None
 
     def stats(self) -> dict[str, Any]:

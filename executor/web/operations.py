@@ -22,7 +22,7 @@ def blueprint() -> Blueprint:
         "operations", __name__, description="Languages, health and state.", url_prefix="/"
     )
     # Read at each scrape, in the scraping request's app: the series are the whole service's.
-    series = metrics.registry(lambda: snapshot(context()))
+    series = metrics.registry(lambda: snapshot(context()), lambda: dependencies_up(context()))
 
     @blp.route("/languages")
     class Languages(MethodView):
@@ -64,6 +64,13 @@ def snapshot(ctx: Context) -> dict[str, Any]:
     with contextlib.suppress(ExecutorError):  # the snapshot below reports Redis being down
         ctx.store.sweep_lost()
     return ctx.store.snapshot()
+
+
+def dependencies_up(ctx: Context) -> dict[str, bool]:
+    """Whether Docker and Redis answer, from the health checks (cached for a second)."""
+    _, body = ctx.health.report()
+    checks = body["checks"]
+    return {name: checks[name]["status"] == "ok" for name in ("docker", "redis")}
 
 
 def status(ctx: Context) -> dict[str, Any]:

@@ -36,11 +36,16 @@ def test_redis_down(serve_app: AppFactory, base_settings: Settings):
         lambda: post(f"{api}/executions", {"code": "print(1)"}),
         lambda: requests.get(f"{api}/executions/{uuid.uuid4()}", timeout=10),
         lambda: requests.get(f"{api}/status", timeout=10),
-        lambda: requests.get(f"{api}/metrics", timeout=10),
     ):
         response, elapsed = timed(call)
         assert_unavailable(response, "redis_unavailable", f"127.0.0.1:{port}")
         assert elapsed < 3
+    # /metrics still answers, so that an alert can tell Redis down from the API down.
+    scrape, elapsed = timed(lambda: requests.get(f"{api}/metrics", timeout=10))
+    assert elapsed < 3
+    assert scrape.status_code == 200, scrape.text
+    assert 'executor_up{dependency="redis"} 0.0' in scrape.text.splitlines()
+    assert "executor_queue_depth" not in scrape.text  # nothing read from Redis is made up
     health, elapsed = timed(lambda: requests.get(f"{api}/health", timeout=10))
     assert elapsed < 3
     assert health.status_code == 503 and health.json()["status"] == "unavailable"
@@ -64,6 +69,9 @@ def test_docker_down(
     checks = health.json()["checks"]
     assert checks["docker"]["status"] == "unavailable" and address in checks["docker"]["message"]
     assert checks["redis"]["status"] == "ok" and checks["workers"]["status"] == "ok"
+    lines = requests.get(f"{api}/metrics", timeout=10).text.splitlines()
+    assert 'executor_up{dependency="docker"} 0.0' in lines
+    assert 'executor_up{dependency="redis"} 1.0' in lines
 
 
 @pytest.mark.docker

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from executor import metrics
+from executor.config import Settings
+from executor.errors import RedisUnavailable
+from executor.languages import languages
+from executor.pool import Profile, WarmPool
 
 COUNTERS = {
     "submitted": 12,
@@ -96,3 +102,52 @@ def test_histograms_are_cumulative_by_language_and_status():
     assert found[(f"{duration}_sum", labels)] == 0.32
     wait = "executor_queue_wait_seconds"
     assert bucket(wait, "5.0") == 0 and bucket(wait, "10.0") == 1
+
+
+def test_pool_misses_are_a_series():
+    found = samples()
+    assert found[("executor_pool_misses_total", ())] == 0
+    with_misses = {**COUNTERS, metrics.POOL_MISSES: 4}
+    text = metrics.render(
+        metrics.registry(lambda: {**SNAPSHOT, "counters": with_misses})
+    ).decode()
+    assert "executor_pool_misses_total 4.0" in text.splitlines()
+
+
+def test_a_pooled_profile_found_empty_counts_a_pool_miss():
+    counted: Counter[str] = Counter()
+    sandbox: Any = SimpleNamespace(events=lambda name, n: counted.update({name: n}))
+    python = languages(Settings())["python"]
+    pool = WarmPool(
+        sandbox,
+        [Profile(python, 512, 0.5)],
+        size=4,
+        max_idle_s=300,
+        refill_concurrency=1,
+        dispose=lambda container: None,
+    )
+    assert pool.take(python, 512, 0.5) is None
+    assert pool.take(python, 256, 0.5) is None  # a profile not pooled: cold, but no miss
+    assert counted == {metrics.POOL_MISSES: 1}
+
+
+def test_dependencies_up_and_redis_down():
+    def health() -> dict[str, bool]:
+        return {"docker": True, "redis": False}
+
+    text = metrics.render(metrics.registry(lambda: SNAPSHOT, health)).decode()
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert found[("executor_up", (("dependency", "docker"),))] == 1
+    assert found[("executor_up", (("dependency", "redis"),))] == 0
+    assert found[("executor_queue_depth", ())] == 5
+
+    def no_redis() -> dict[str, Any]:
+        raise RedisUnavailable("cannot read the service's state: Redis is down")
+
+    text = metrics.render(metrics.registry(no_redis, health)).decode()
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert names == {"executor_up"}  # the scrape still answers, saying what is down
