@@ -108,9 +108,7 @@ def test_pool_misses_are_a_series():
     found = samples()
     assert found[("executor_pool_misses_total", ())] == 0
     with_misses = {**COUNTERS, metrics.POOL_MISSES: 4}
-    text = metrics.render(
-        metrics.registry(lambda: {**SNAPSHOT, "counters": with_misses})
-    ).decode()
+    text = metrics.render(metrics.registry(lambda: {**SNAPSHOT, "counters": with_misses})).decode()
     assert "executor_pool_misses_total 4.0" in text.splitlines()
 
 
