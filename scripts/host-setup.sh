@@ -55,6 +55,8 @@ setup_packages() {
 	local -A provides=(
 		[docker]=docker.io [redis-cli]=redis-tools [debootstrap]=debootstrap
 		[chromium]=chromium [ps]=procps [setsid]=util-linux
+		# promtool checks and unit-tests deploy/prometheus/alerts.yml in the suite
+		[promtool]=prometheus
 	)
 	local -A missing=()
 	local cmd
