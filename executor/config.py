@@ -7,6 +7,7 @@ anything: `Settings.from_env()` only parses.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -64,6 +65,26 @@ def _uid_range(env: Mapping[str, str], name: str, default: tuple[int, int]) -> t
     return lo, hi
 
 
+_IMAGE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,250}")
+
+
+def _images(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    """`language=image,...` pairs: the operator-approved extra images."""
+    pairs = []
+    for item in _str(env, name, "").split(","):
+        if not item.strip():
+            continue
+        language, sep, image = (part.strip() for part in item.partition("="))
+        if not sep or not language or not _IMAGE.fullmatch(image):
+            raise SettingsError(f"{name} must be language=image pairs, got {item.strip()!r}")
+        pairs.append((language, image))
+    return tuple(pairs)
+
+
+def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in _str(env, name, "").split(",") if n.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     """The service's configuration. Field docs name the variable each comes from."""
@@ -91,6 +112,8 @@ class Settings:
     nofile_limit: int = 256  # EXECUTOR_NOFILE_LIMIT
     runtime: str = ""  # EXECUTOR_RUNTIME ("" = the engine's default, runc; or runsc for gVisor)
     python_image: str = "executor-python:3.11"  # EXECUTOR_PYTHON_IMAGE
+    # Operator-approved extra images, (language, image) pairs, by tag or digest.
+    images: tuple[tuple[str, str], ...] = ()  # EXECUTOR_IMAGES ("language=image,...")
     docker_api_version: str = "1.41"  # EXECUTOR_DOCKER_API_VERSION
     docker_timeout: float = 30.0  # EXECUTOR_DOCKER_TIMEOUT (seconds per Docker API call)
     # Host uids for sandboxes: each running sandbox gets its own, so per-user kernel limits
@@ -99,6 +122,10 @@ class Settings:
 
     # Worker.
     concurrency: int = 8  # EXECUTOR_CONCURRENCY (executions at once per worker)
+    # The languages this worker serves (empty: all); it consumes their queues (see README).
+    worker_languages: tuple[str, ...] = ()  # EXECUTOR_LANGUAGES ("c,cpp,...")
+    # Publish each execution on its language's own queue, executor.<language> (see README).
+    route_by_language: bool = False  # EXECUTOR_ROUTE_BY_LANGUAGE (0/1)
     pool_size: int = 4  # EXECUTOR_POOL_SIZE (warm containers per worker, 0 disables)
     pool_max_idle_s: float = 300.0  # EXECUTOR_POOL_MAX_IDLE (seconds a warm container may wait)
     pool_refill_concurrency: int = 2  # EXECUTOR_POOL_REFILL_CONCURRENCY
@@ -151,10 +178,13 @@ class Settings:
             nofile_limit=_int(env, "EXECUTOR_NOFILE_LIMIT", d.nofile_limit, 16),
             runtime=_str(env, "EXECUTOR_RUNTIME", d.runtime),
             python_image=_str(env, "EXECUTOR_PYTHON_IMAGE", d.python_image),
+            images=_images(env, "EXECUTOR_IMAGES"),
             docker_api_version=_str(env, "EXECUTOR_DOCKER_API_VERSION", d.docker_api_version),
             docker_timeout=_float(env, "EXECUTOR_DOCKER_TIMEOUT", d.docker_timeout, 1.0),
             sandbox_uids=_uid_range(env, "EXECUTOR_SANDBOX_UIDS", d.sandbox_uids),
             concurrency=_int(env, "EXECUTOR_CONCURRENCY", d.concurrency, 1),
+            worker_languages=_names(env, "EXECUTOR_LANGUAGES"),
+            route_by_language=_int(env, "EXECUTOR_ROUTE_BY_LANGUAGE", 0, 0) == 1,
             pool_size=_int(env, "EXECUTOR_POOL_SIZE", d.pool_size, 0),
             pool_max_idle_s=_float(env, "EXECUTOR_POOL_MAX_IDLE", d.pool_max_idle_s, 1.0),
             pool_refill_concurrency=_int(

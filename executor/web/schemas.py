@@ -88,6 +88,8 @@ class LanguageSchema(Schema):
     name = fields.String()
     version = fields.String()
     image = fields.String()
+    compiled = fields.Boolean(metadata=_doc("Whether a build step runs before the program."))
+    images = fields.List(fields.String(), metadata=_doc("Operator-approved extra images."))
 
 
 class HealthSchema(Schema):
@@ -181,6 +183,9 @@ def build(bounds: Bounds) -> Schemas:
         cpus = fields.Float(
             load_default=bounds.default_cpus,
             validate=validate.Range(min=bounds.min_cpus, max=bounds.max_cpus),
+        )
+        image = fields.String(
+            metadata=_doc("An operator-approved image for the language (EXECUTOR_IMAGES).")
         )
 
     return Schemas(request=ExecutionRequestSchema)
