@@ -28,11 +28,18 @@ def counters(raw: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def pool_totals(workers: list[dict[str, Any]]) -> dict[str, int]:
-    """Warm containers (and the target) summed over the live workers."""
+def pool_totals(workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Warm containers (and the target) summed over the live workers, in all and per language."""
     warm = sum(int((w.get("pool") or {}).get("warm", 0)) for w in workers)
     target = sum(int((w.get("pool") or {}).get("target", 0)) for w in workers)
-    return {"warm": warm, "target": target}
+    languages: dict[str, dict[str, int]] = {}
+    for worker in workers:
+        for name, counts in ((worker.get("pool") or {}).get("languages") or {}).items():
+            total = languages.setdefault(str(name), {"warm": 0, "target": 0})
+            for key in total:
+                value = counts.get(key, 0) if isinstance(counts, dict) else 0
+                total[key] += value if isinstance(value, int) else 0
+    return {"warm": warm, "target": target, "languages": languages}
 
 
 def _label(value: Any) -> str:
@@ -108,6 +115,19 @@ def render(snapshot: dict[str, Any]) -> str:
         "gauge",
         "Warm containers wanted over all workers.",
         [("", pool["target"])],
+    )
+    per_language = sorted(pool["languages"].items())
+    metric(
+        "executor_pool_language_warm",
+        "gauge",
+        "Warm containers of each language over all workers.",
+        [(f"{{language={_label(name)}}}", counts["warm"]) for name, counts in per_language],
+    )
+    metric(
+        "executor_pool_language_target",
+        "gauge",
+        "Each language's share of the warm pools, by recent demand.",
+        [(f"{{language={_label(name)}}}", counts["target"]) for name, counts in per_language],
     )
     metric("executor_workers", "gauge", "Workers alive (heartbeating).", [("", len(workers))])
     metric(

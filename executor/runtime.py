@@ -50,7 +50,7 @@ class Service(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def run(self, request: RunRequest, execution_id: str) -> RunResult: ...
-    def pool_stats(self) -> dict[str, int]: ...
+    def pool_stats(self) -> dict[str, Any]: ...
 
 
 def default_service(settings: Settings, events: Events) -> Service:
@@ -105,8 +105,8 @@ class WorkerRuntime:
         self._stopping = threading.Event()
         self._beater: threading.Thread | None = None
         self._stats_reader = ThreadPoolExecutor(1, "pool-stats")
-        self._pool_query: Future[dict[str, int]] | None = None
-        self._last_pool: dict[str, int] = {"warm": 0, "target": 0}
+        self._pool_query: Future[dict[str, Any]] | None = None
+        self._last_pool: dict[str, Any] = {"warm": 0, "target": 0, "languages": {}}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -284,7 +284,7 @@ class WorkerRuntime:
             events, self._events = dict(self._events), Counter()
         return events
 
-    def _pool_stats(self) -> dict[str, int]:
+    def _pool_stats(self) -> dict[str, Any]:
         """The pool's size, never holding up a heartbeat: a slow answer is used next time."""
         service = self._service
         if service is not None and (self._pool_query is None or self._pool_query.done()):
@@ -292,7 +292,11 @@ class WorkerRuntime:
         if self._pool_query is not None:
             try:
                 stats = self._pool_query.result(timeout=POOL_STATS_WAIT_S)
-                self._last_pool = {"warm": stats.get("warm", 0), "target": stats.get("target", 0)}
+                self._last_pool = {
+                    "warm": stats.get("warm", 0),
+                    "target": stats.get("target", 0),
+                    "languages": stats.get("languages", {}),
+                }
             except FutureTimeout:
                 pass
             except Exception as e:  # noqa: BLE001 - the pool must not stop the heartbeat
