@@ -167,9 +167,12 @@ class Engine:
         return cached[0] if cached else None
 
     def _pull(self, image: str) -> str:
-        repository, _, tag = image.rpartition(":")
-        if not repository or "/" in tag:
-            repository, tag = image, "latest"
+        if "@" in image:  # by digest: the engine takes the digest as the tag
+            repository, _, tag = image.partition("@")
+        else:
+            repository, _, tag = image.rpartition(":")
+            if not repository or "/" in tag:
+                repository, tag = image, "latest"
         try:
             with self._translated("pull image", image):
                 for event in self.api.pull(repository, tag=tag, stream=True, decode=True):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from executor.config import Settings
@@ -34,7 +34,7 @@ JSON_OVERHEAD_BYTES = 64 * 1024  # keys, punctuation and the small fields of a r
 JSON_ESCAPE_FACTOR = 3
 
 NOT_UTF8 = "Not valid UTF-8 text (it holds a lone surrogate)."
-FIELDS = ("code", "language", "stdin", "args", "files", "timeout", "memory_mb", "cpus")
+FIELDS = ("code", "language", "stdin", "args", "files", "timeout", "memory_mb", "cpus", "image")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class Bounds:
     max_args: int = MAX_ARGS
     max_arg_bytes: int = MAX_ARG_BYTES
     max_files: int = MAX_FILES
+    images: dict[str, tuple[str, ...]] = field(default_factory=dict)  # language -> approved
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Bounds:
@@ -74,6 +75,9 @@ class Bounds:
             pids=settings.pids_limit,
             tmpfs_mb=settings.tmpfs_mb,
             languages={name: lang.source_file for name, lang in languages(settings).items()},
+            images={
+                name: (lang.image, *lang.extra_images) for name, lang in languages(settings).items()
+            },
         )
 
     @property
@@ -129,14 +133,18 @@ class _Checker:
         timeout = self.number(payload, "timeout", b.default_timeout, 0.0, b.max_timeout, True)
         memory_mb = self.integer(payload, "memory_mb", b.default_memory_mb)
         cpus = self.number(payload, "cpus", b.default_cpus, b.min_cpus, b.max_cpus, False)
+        image = self.text(payload, "image", "", 1, 256) or None
+        if image is not None and image not in b.images.get(language, ()):
+            self.fail("image", f"Not an approved image for {language}.")
         if self.errors:
             return None
         limits = Limits(
             timeout=timeout, memory_mb=memory_mb, cpus=cpus, pids=b.pids, tmpfs_mb=b.tmpfs_mb
         )
         return RunRequest(
-            code=code, limits=limits, language=language, stdin=stdin, args=args, files=files
-        )
+            code=code, limits=limits, language=language, stdin=stdin, args=args, files=files,
+            image=image,
+        )  # fmt: skip
 
     def present(self, payload: dict[str, Any], field: str) -> bool:
         if field not in payload:
