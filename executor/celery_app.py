@@ -25,10 +25,12 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from kombu.entity import Queue
 
 from executor.config import Settings
+from executor.languages import REGISTRY
 from executor.runtime import TimeLimits, WorkerRuntime
-from executor.store import QUEUE
+from executor.store import QUEUE, queue_for
 from executor.tasks import TASK_NAME, register
 
 
@@ -84,9 +86,22 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
+def worker_queues(settings: Settings) -> list[str]:
+    """The queues a worker consumes unless `-Q` says otherwise: the queue of each language it
+    serves (for APIs with EXECUTOR_ROUTE_BY_LANGUAGE=1), and the shared queue unless it serves
+    only some languages (EXECUTOR_LANGUAGES)."""
+    served = settings.worker_languages or [lang.name for lang in REGISTRY]
+    shared = [] if settings.worker_languages else [QUEUE]
+    return [*shared, *(queue_for(name, True) for name in served)]
+
+
 def create_worker(settings: Settings) -> Celery:
     """The worker's app: the task `executor.execute` and one WorkerRuntime per process."""
     app = create_celery(settings)
+    app.conf.task_queues = [
+        Queue(name, routing_key=name)  # type: ignore[no-untyped-call]
+        for name in worker_queues(settings)
+    ]
     runtime = WorkerRuntime(settings)
     register(app, runtime)
 

@@ -35,10 +35,23 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from executor.errors import ExecutorError, NoWorkers, QueueFull, RedisUnavailable
+from executor.languages import REGISTRY
 
 PREFIX = "executor:"
 QUEUE = "executor"  # the Celery queue; kombu keeps one Redis list per priority step
-_KOMBU_PRIORITY_KEYS = (QUEUE, *(f"{QUEUE}\x06\x16{p}" for p in (3, 6, 9)))
+# With EXECUTOR_ROUTE_BY_LANGUAGE each execution goes to its language's queue instead; the
+# depth (and EXECUTOR_MAX_QUEUE) counts every queue together.
+QUEUES = (QUEUE, *(f"{QUEUE}.{lang.name}" for lang in REGISTRY))
+_KOMBU_PRIORITY_KEYS = tuple(
+    key for queue in QUEUES for key in (queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9)))
+)
+
+
+def queue_for(language: str, by_language: bool) -> str:
+    """The Celery queue an execution of `language` is published to."""
+    return f"{QUEUE}.{language}" if by_language else QUEUE
+
+
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_S = 6  # a worker silent for this long is taken for dead
 DONE_TTL_S = 30  # how long a finished payload waits for the POST /execute that asked for it

@@ -16,7 +16,7 @@ from kombu.exceptions import OperationalError
 
 from executor.errors import RedisUnavailable
 from executor.models import RunRequest
-from executor.store import QUEUE
+from executor.store import queue_for
 from executor.tasks import TASK_NAME
 from executor.validation import parse_request
 from executor.web.context import Context
@@ -34,13 +34,14 @@ def submit(ctx: Context, body: Any) -> tuple[str, RunRequest]:
     ctx.health.require_docker()
     execution_id = str(uuid.uuid4())
     ctx.store.submit(execution_id, request.language, ctx.settings.max_queue)
+    queue = queue_for(request.language, ctx.settings.route_by_language)
     try:
         ctx.celery.send_task(
             TASK_NAME,
             args=[body],
             task_id=execution_id,
-            queue=QUEUE,
-            routing_key=QUEUE,
+            queue=queue,
+            routing_key=queue,
             ignore_result=True,  # the record holds the result
             # What task events, `celery inspect` and Flower show instead of the code and stdin.
             argsrepr=f"[<{request.language} program, {len(request.code)} characters>]",

@@ -68,3 +68,16 @@ def test_gunicorn_is_configured_for_waiting_requests():
     assert opts["bind"] == ["0.0.0.0:9999"]
     assert opts["timeout"] >= 60 + Settings().queue_grace_s
     assert "%(b)" not in opts["access_log_format"]  # no bodies in the access log
+
+
+def test_workers_and_the_api_agree_on_the_queues_of_each_language():
+    from executor.celery_app import worker_queues
+    from executor.store import queue_for
+
+    everything = worker_queues(Settings())
+    assert everything[0] == "executor" and "executor.java" in everything and len(everything) == 13
+    some = worker_queues(Settings.from_env({"EXECUTOR_LANGUAGES": "c, cpp"}))
+    assert some == ["executor.c", "executor.cpp"]  # no shared queue: it serves only these
+    assert queue_for("java", False) == "executor"
+    routed = Settings.from_env({"EXECUTOR_ROUTE_BY_LANGUAGE": "1"})
+    assert queue_for("java", routed.route_by_language) == "executor.java"
