@@ -195,6 +195,9 @@ REGISTRY: tuple[Language, ...] = (
     ),
 )
 
+# The longest build any language may take (beyond every request's own timeout).
+MAX_COMPILE_TIMEOUT_S = max(lang.compile_timeout for lang in REGISTRY if lang.compiled)
+
 # Operator-approved images built here: the example image of EXECUTOR_IMAGES.
 EXTRA_IMAGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (

@@ -19,10 +19,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from executor.languages import REGISTRY, steps
+from executor.languages import MAX_COMPILE_TIMEOUT_S, steps
 from executor.models import Language, RunRequest
 
-COMPILE_TIMEOUT_S = max(lang.compile_timeout for lang in REGISTRY)  # the longest build
+COMPILE_TIMEOUT_S = MAX_COMPILE_TIMEOUT_S  # the longest build
 FRAME_MAX = 65536  # the runner sends output in chunks of at most this
 RESULT_MAX = 4096  # the result frame is a small JSON object
 DIAGNOSTICS_MAX = 8192  # what is kept of the runner's own stderr

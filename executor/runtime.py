@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from executor.config import Settings
 from executor.errors import ExecutorError, InvalidRequest, SandboxError, error_for
+from executor.languages import MAX_COMPILE_TIMEOUT_S
 from executor.models import RunRequest, RunResult
 from executor.store import HEARTBEAT_INTERVAL_S, Claim, Store, iso
 from executor.validation import Bounds, parse_request
@@ -69,8 +70,9 @@ class TimeLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TimeLimits:
-        # A run may need a few Docker calls (create, start, attach, remove) beside the program.
-        soft = settings.max_timeout + 2 * settings.docker_timeout
+        # A run may need a few Docker calls (create, start, attach, remove) beside the program,
+        # and a build before it.
+        soft = settings.max_timeout + MAX_COMPILE_TIMEOUT_S + 2 * settings.docker_timeout
         hard = soft + settings.docker_timeout
         return cls(soft_s=soft, hard_s=hard, visibility_s=hard + 60.0)
 

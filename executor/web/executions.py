@@ -12,6 +12,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema
 
 from executor.errors import ExecutionNotFound, InvalidRequest, error_for
+from executor.languages import languages
 from executor.web import submissions
 from executor.web.context import context
 from executor.web.errors import error_response, json_response
@@ -105,7 +106,9 @@ def blueprint(schemas: Schemas) -> Blueprint:
         def post(self) -> Response:
             ctx = context()
             execution_id, run = submissions.submit(ctx, read_json())
-            budget = run.limits.timeout + ctx.settings.queue_grace_s
+            language = languages(ctx.settings).get(run.language)
+            build = language.compile_timeout if language is not None and language.compiled else 0
+            budget = run.limits.timeout + build + ctx.settings.queue_grace_s
             payload = submissions.wait(ctx, execution_id, budget)
             if payload is not None:
                 return finished(payload, as_error=True)

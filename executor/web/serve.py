@@ -14,13 +14,14 @@ from typing import Any
 from flask import Flask
 
 from executor.config import Settings
+from executor.languages import MAX_COMPILE_TIMEOUT_S
 
 
 def options(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """gunicorn's settings for `settings` (GUNICORN_WORKERS / GUNICORN_THREADS override)."""
     env = os.environ if environ is None else environ
-    # A request may wait up to the longest timeout plus the queueing grace.
-    longest = int(settings.max_timeout + settings.queue_grace_s) + 30
+    # A request may wait up to the longest build and timeout plus the queueing grace.
+    longest = int(settings.max_timeout + MAX_COMPILE_TIMEOUT_S + settings.queue_grace_s) + 30
     return {
         "bind": [f"0.0.0.0:{settings.port}"],
         "worker_class": "gthread",
