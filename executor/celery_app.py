@@ -112,6 +112,13 @@ def create_worker(settings: Settings) -> Celery:
             # stdout) at INFO; the runtime logs each execution without its data instead.
             logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
             runtime.start(getattr(sender, "hostname", None))
+            # A language whose image this engine lacks is left to other workers: stop
+            # consuming its queue.
+            served = runtime.served_languages() or ()
+            for language in REGISTRY:
+                queue = queue_for(language.name, True)
+                if language.name not in served and queue in worker_queues(settings):
+                    sender.cancel_task_queue(queue)
 
     def on_shutdown(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:

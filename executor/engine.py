@@ -161,6 +161,18 @@ class Engine:
         self._images[image] = (image_id, time.monotonic())
         return image_id
 
+    def has_image(self, image: str) -> bool | None:
+        """Whether the engine has `image` (never pulls); None when it cannot tell."""
+        try:
+            with self._translated("inspect image", image):
+                try:
+                    self.api.inspect_image(image)
+                except docker.errors.NotFound:
+                    return False
+        except Exception:  # noqa: BLE001 - unknown: the caller keeps the language
+            return None
+        return True
+
     def cached_image_id(self, image: str) -> str | None:
         """The id last seen for `image`, without asking Docker."""
         cached = self._images.get(image)

@@ -116,8 +116,19 @@ class WarmPool:
         self.handed_out = 0
         self.misses = 0
 
+    def restrict(self, names: set[str]) -> None:
+        """Keep only the profiles of these languages (before `start()`)."""
+        with self._cond:
+            kept = [p for p in self.profiles.values() if p.language.name in names]
+            if kept:
+                self._default = kept[0].name
+            for name in list(self.profiles):
+                if self.profiles[name].language.name not in names:
+                    del self.profiles[name], self._idle[name], self._starting[name]
+                    del self._demand[name]
+
     def start(self) -> None:
-        if self.size <= 0 or self._thread is not None:
+        if self.size <= 0 or not self.profiles or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._refill_loop, name="pool-refill", daemon=True)
         self._thread.start()

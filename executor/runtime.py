@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from executor.config import Settings
 from executor.errors import ExecutorError, InvalidRequest, SandboxError, error_for
-from executor.languages import MAX_COMPILE_TIMEOUT_S
+from executor.languages import MAX_COMPILE_TIMEOUT_S, REGISTRY
 from executor.models import RunRequest, RunResult
 from executor.store import HEARTBEAT_INTERVAL_S, Claim, Store, iso
 from executor.validation import Bounds, parse_request
@@ -70,11 +70,12 @@ class TimeLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TimeLimits:
-        # A run may need a few Docker calls (create, start, attach, remove) beside the program,
-        # and a build before it.
-        soft = settings.max_timeout + MAX_COMPILE_TIMEOUT_S + 2 * settings.docker_timeout
+        # A run may need a few Docker calls (create, start, attach, remove) beside the program.
+        # A compiled language's build has its own time beyond these limits (the backstop starts
+        # its clock after it, see WorkerRuntime._running); Redis must not re-deliver meanwhile.
+        soft = settings.max_timeout + 2 * settings.docker_timeout
         hard = soft + settings.docker_timeout
-        return cls(soft_s=soft, hard_s=hard, visibility_s=hard + 60.0)
+        return cls(soft_s=soft, hard_s=hard, visibility_s=hard + MAX_COMPILE_TIMEOUT_S + 60.0)
 
 
 class WorkerRuntime:
@@ -137,6 +138,11 @@ class WorkerRuntime:
         self._beater.start()
         log.info("worker %s started (incarnation %s)", self.name, self.incarnation)
 
+    def served_languages(self) -> tuple[str, ...] | None:
+        """The languages this worker serves once started (those whose images it has)."""
+        served = getattr(self._service, "served", None)
+        return None if served is None else tuple(served)
+
     def stop(self) -> None:
         """Stop beating, drain the pool, and mark whatever still ran here as lost."""
         self._stopping.set()
@@ -176,7 +182,7 @@ class WorkerRuntime:
         )
         if not claim.claimed:
             return self._redelivered(execution_id, claim)
-        with self._running(execution_id):
+        with self._running(execution_id, _build_allowance(payload)):
             try:
                 request = parse_request(payload, self.bounds)
             except InvalidRequest as e:
@@ -264,9 +270,10 @@ class WorkerRuntime:
         return ExecutorError(f"execution {execution_id}: its record was finished by another")
 
     @contextlib.contextmanager
-    def _running(self, execution_id: str) -> Iterator[None]:
+    def _running(self, execution_id: str, build_s: float = 0.0) -> Iterator[None]:
         with self._lock:
-            self._active[execution_id] = time.monotonic()
+            # The backstop's clock starts after the build's own time limit.
+            self._active[execution_id] = time.monotonic() + build_s
         try:
             yield
         finally:
@@ -362,6 +369,12 @@ class WorkerRuntime:
                 limit = f"{self.limits.hard_s:g} s"
                 error = SandboxError(f"the execution passed the worker's hard time limit ({limit})")
                 self._fail(execution_id, error)
+
+
+def _build_allowance(payload: Any) -> float:
+    """The build time limit of the payload's language, if it compiles (0 otherwise)."""
+    language = next((lang for lang in REGISTRY if lang.name == _language_of(payload)), None)
+    return language.compile_timeout if language is not None and language.compiled else 0.0
 
 
 def _language_of(payload: Any) -> str:

@@ -33,6 +33,8 @@ class ExecutionService:
         self.sandbox = Sandbox(settings, self.engine, events)
         self.languages = languages(settings)
         served = settings.worker_languages or tuple(self.languages)
+        # What this worker serves: its languages whose images its engine has (see start()).
+        self.served: tuple[str, ...] = tuple(served)
         self._disposer = ThreadPoolExecutor(4, "sandbox-dispose")
         # One pooled profile per language this worker serves, Python (the default) first.
         profiles = [
@@ -65,6 +67,15 @@ class ExecutionService:
             if self._started:
                 return
             self._started = True
+        missing = [
+            name
+            for name in self.served
+            if name in self.languages and self.engine.has_image(self.languages[name].image) is False
+        ]
+        if missing:
+            log.warning("no image for %s on this engine: not served here", ", ".join(missing))
+            self.served = tuple(name for name in self.served if name not in missing)
+            self.pool.restrict(set(self.served))
         self.reaper.start()
         self.pool.start()
 

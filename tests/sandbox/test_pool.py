@@ -202,3 +202,18 @@ def test_the_budget_follows_the_languages_in_use(settings, raw_docker):
     finally:
         svc.stop()
     assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
+
+
+def test_a_worker_serves_only_the_languages_whose_images_its_engine_has(settings, raw_docker):
+    from tests.conftest import MISSING_IMAGE
+
+    svc = ExecutionService(replace(settings, python_image=MISSING_IMAGE, pool_size=1))
+    svc.start()
+    try:
+        assert "python" not in svc.served and "javascript" in svc.served
+        languages = svc.pool_stats()["languages"]
+        assert "python" not in languages and "javascript" in languages
+        wait_language_warm(svc, {"javascript": 1})  # the budget goes to what it serves
+    finally:
+        svc.stop()
+    assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
