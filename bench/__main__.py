@@ -6,7 +6,9 @@
 (d) our sandbox, warm: a pooled container, through the proxy
 (e) POST /execute end to end, warm: HTTP -> Redis -> worker -> container -> Redis -> HTTP
 then throughput at several concurrencies (e against b), the memory of one idle pooled
-container, and the ratios the targets are stated in.
+container, and the ratios the targets are stated in. First, a row per language (bench/languages.py):
+its naive path against our warm POST /execute, the service's own overhead, and the memory of an
+idle warm container of it. `--only python` or `--only languages` runs one part.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from urllib.parse import urlsplit
 
 import docker
 
+from bench.languages import language_table
 from bench.stack import running_stack
 from executor.config import Settings
 from executor.models import RunRequest
@@ -191,6 +194,10 @@ def main() -> int:
         "--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://localhost:6379/14")
     )
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--lang-n", type=int, default=10, help="runs per path per language")
+    parser.add_argument(
+        "--only", choices=["all", "python", "languages"], default="all", help="which part to run"
+    )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     n = args.n
@@ -203,6 +210,17 @@ def main() -> int:
         f" {os.cpu_count()} cores"
     )
     rows: list[tuple[str, float, float, float]] = []
+    if args.only in ("all", "languages"):
+        # The demand window of the pool (EXECUTOR_POOL_MAX_IDLE) short enough that the pool
+        # follows the language being measured, as it follows a steady load.
+        os.environ.setdefault("EXECUTOR_POOL_MAX_IDLE", "60")
+        with running_stack(args.redis, args.upstream, pool_size=4, concurrency=8) as stack:
+            through_proxy = replace(
+                settings, docker_host=stack.docker_host, proxy_token=stack.proxy_token
+            )
+            language_table(stack.api, args.upstream, settings, through_proxy, args.lang_n)
+    if args.only == "languages":
+        return 0
 
     rows.append(row("(a) bare process: python3 -I -S -c 'print(1)'", timed(floor_once, n)))
     naive.once()
