@@ -179,6 +179,14 @@ def wait_warm(svc: ExecutionService, n: int) -> None:
         time.sleep(0.02)
 
 
+def bench_redis_url() -> str:
+    """BENCH_REDIS_URL, else database 14 of REDIS_URL's server (as `make bench` passes it)."""
+    if os.environ.get("BENCH_REDIS_URL"):
+        return os.environ["BENCH_REDIS_URL"]
+    parts = urlsplit(os.environ.get("REDIS_URL") or "redis://localhost:6379/0")
+    return parts._replace(path="/14").geturl()
+
+
 def row(name: str, samples: list[float]) -> tuple[str, float, float, float]:
     p50, p95, p99 = pct(samples)
     return name, p50, p95, p99
@@ -190,9 +198,7 @@ def main() -> int:
     parser.add_argument("--levels", default="1,4,8,16", help="throughput concurrencies")
     parser.add_argument("--per-level", type=int, default=48, help="runs per throughput level")
     parser.add_argument("--upstream", default="unix:///var/run/docker.sock")
-    parser.add_argument(
-        "--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://localhost:6379/14")
-    )
+    parser.add_argument("--redis", default=bench_redis_url(), help="Redis for the bench's stack")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--lang-n", type=int, default=10, help="runs per path per language")
     parser.add_argument(
