@@ -29,16 +29,16 @@ SCRIPT_ENV := PORT='$(PORT)' REDIS_URL='$(REDIS_URL)' PROXY_LISTEN='$(PROXY_LIST
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  make %-14s %s\n", $$1, $$2 }'
 
-setup: ## install what is missing, start Docker and Redis when none answers, build .venv and the sandbox image
+setup: ## install what is missing, start Docker and Redis when none answers, build .venv and the sandbox images
 	@$(SCRIPT_ENV) bash scripts/host-setup.sh
-	@$(SCRIPT_ENV) bash scripts/build-images.sh sandbox
+	@$(SCRIPT_ENV) bash scripts/build-images.sh sandbox languages
 
 venv: ## create or refresh .venv only
 	@$(SCRIPT_ENV) bash scripts/host-setup.sh venv
 
-images: ## build the sandbox image (starting a Docker engine if needed)
+images: ## build the sandbox images, one per language (starting a Docker engine if needed)
 	@$(SCRIPT_ENV) bash scripts/host-setup.sh packages docker
-	@$(SCRIPT_ENV) bash scripts/build-images.sh sandbox
+	@$(SCRIPT_ENV) bash scripts/build-images.sh sandbox languages
 
 up: setup ## start proxy, worker and API in the background; returns once GET /health is 200
 	@$(SCRIPT_ENV) bash scripts/up.sh
@@ -81,7 +81,7 @@ clean: down ## remove .run/, .venv/ and wheelhouse/ (after stopping what .run/ r
 	rm -rf '$(RUN_DIR)' $(VENV) wheelhouse
 
 clean-images: ## remove the images this project builds (not the base python:3.11-slim)
-	@for image in $(EXECUTOR_PYTHON_IMAGE) $(SERVICE_IMAGE); do \
+	@for image in $$($(PYTHON) -m executor.languages images | cut -f2) $(EXECUTOR_PYTHON_IMAGE) $(SERVICE_IMAGE); do \
 		if DOCKER_HOST='$(PROXY_UPSTREAM)' docker image inspect "$$image" >/dev/null 2>&1; then \
 			DOCKER_HOST='$(PROXY_UPSTREAM)' docker image rm "$$image"; \
 		fi; \

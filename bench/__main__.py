@@ -6,7 +6,9 @@
 (d) our sandbox, warm: a pooled container, through the proxy
 (e) POST /execute end to end, warm: HTTP -> Redis -> worker -> container -> Redis -> HTTP
 then throughput at several concurrencies (e against b), the memory of one idle pooled
-container, and the ratios the targets are stated in.
+container, and the ratios the targets are stated in. First, a row per language (bench/languages.py):
+its naive path against our warm POST /execute, the service's own overhead, and the memory of an
+idle warm container of it. `--only python` or `--only languages` runs one part.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from urllib.parse import urlsplit
 
 import docker
 
+from bench.languages import language_table
 from bench.stack import running_stack
 from executor.config import Settings
 from executor.models import RunRequest
@@ -177,6 +180,14 @@ def wait_warm(svc: ExecutionService, n: int) -> None:
         time.sleep(0.02)
 
 
+def bench_redis_url() -> str:
+    """BENCH_REDIS_URL, else database 14 of REDIS_URL's server (as `make bench` passes it)."""
+    if os.environ.get("BENCH_REDIS_URL"):
+        return os.environ["BENCH_REDIS_URL"]
+    parts = urlsplit(os.environ.get("REDIS_URL") or "redis://localhost:6379/0")
+    return parts._replace(path="/14").geturl()
+
+
 def row(name: str, samples: list[float]) -> tuple[str, float, float, float]:
     p50, p95, p99 = pct(samples)
     return name, p50, p95, p99
@@ -228,9 +239,7 @@ def main() -> int:
     parser.add_argument("--levels", default="1,4,8,16", help="throughput concurrencies")
     parser.add_argument("--per-level", type=int, default=48, help="runs per throughput level")
     parser.add_argument("--upstream", default="unix:///var/run/docker.sock")
-    parser.add_argument(
-        "--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://localhost:6379/14")
-    )
+    parser.add_argument("--redis", default=bench_redis_url(), help="Redis for the bench's stack")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument(
         "--baseline",
@@ -239,6 +248,10 @@ def main() -> int:
     )
     parser.add_argument(
         "--baseline-image", help="the baseline's sandbox image (EXECUTOR_PYTHON_IMAGE)"
+    )
+    parser.add_argument("--lang-n", type=int, default=10, help="runs per path per language")
+    parser.add_argument(
+        "--only", choices=["all", "python", "languages"], default="all", help="which part to run"
     )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -252,6 +265,17 @@ def main() -> int:
         f" {os.cpu_count()} cores"
     )
     rows: list[tuple[str, float, float, float]] = []
+    if args.only in ("all", "languages"):
+        # The demand window of the pool (EXECUTOR_POOL_MAX_IDLE) short enough that the pool
+        # follows the language being measured, as it follows a steady load.
+        os.environ.setdefault("EXECUTOR_POOL_MAX_IDLE", "60")
+        with running_stack(args.redis, args.upstream, pool_size=4, concurrency=8) as stack:
+            through_proxy = replace(
+                settings, docker_host=stack.docker_host, proxy_token=stack.proxy_token
+            )
+            language_table(stack.api, args.upstream, settings, through_proxy, args.lang_n)
+    if args.only == "languages":
+        return 0
 
     rows.append(row("(a) bare process: python3 -I -S -c 'print(1)'", timed(floor_once, n)))
     naive.once()

@@ -26,6 +26,7 @@ from typing import Any
 from celery import Celery
 
 from executor.config import Settings
+from executor.languages import MAX_COMPILE_TIMEOUT_S
 from executor.names import QUEUE, TASK_NAME
 
 
@@ -40,9 +41,11 @@ class TimeLimits:
     @classmethod
     def from_settings(cls, settings: Settings) -> TimeLimits:
         # A run may need a few Docker calls (create, start, attach, remove) beside the program.
+        # A compiled language's build has its own time beyond these limits (the backstop starts
+        # its clock after it); Redis must not re-deliver meanwhile.
         soft = settings.max_timeout + 2 * settings.docker_timeout
         hard = soft + settings.docker_timeout
-        return cls(soft_s=soft, hard_s=hard, visibility_s=hard + 60.0)
+        return cls(soft_s=soft, hard_s=hard, visibility_s=hard + MAX_COMPILE_TIMEOUT_S + 60.0)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

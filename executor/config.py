@@ -8,6 +8,7 @@ anything: `Settings.from_env()` only parses.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -54,6 +55,32 @@ def _upper(name: str, raw: str) -> str:
 
 def _list(name: str, raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(","))
+
+
+_IMAGE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,250}")
+
+
+def _images(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """`language=image,...` pairs: the operator-approved extra images."""
+    pairs = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        language, sep, image = (part.strip() for part in item.partition("="))
+        if not sep or not language or not _IMAGE.fullmatch(image):
+            raise SettingsError(f"{name} must be language=image pairs, got {item.strip()!r}")
+        pairs.append((language, image))
+    return tuple(pairs)
+
+
+def _names(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in raw.split(",") if n.strip())
+
+
+def _flag(name: str, raw: str) -> bool:
+    if raw not in ("0", "1"):
+        raise SettingsError(f"{name} must be 0 or 1, got {raw!r}")
+    return raw == "1"
 
 
 def _uid_range(name: str, raw: str) -> tuple[int, int]:
@@ -125,6 +152,8 @@ class Settings:
     # "" = the engine's default (runc), or runsc for gVisor.
     runtime: str = _setting("EXECUTOR_RUNTIME", "", _str)
     python_image: str = _setting("EXECUTOR_PYTHON_IMAGE", "executor-python:3.11", _str)
+    # Operator-approved extra images, (language, image) pairs, by tag or digest.
+    images: tuple[tuple[str, str], ...] = _setting("EXECUTOR_IMAGES", (), _images)
     docker_api_version: str = _setting("EXECUTOR_DOCKER_API_VERSION", "1.41", _str)
     # Seconds per Docker API call.
     docker_timeout: float = _setting("EXECUTOR_DOCKER_TIMEOUT", 30.0, _float(1.0))
@@ -134,6 +163,10 @@ class Settings:
 
     # Worker.
     concurrency: int = _setting("EXECUTOR_CONCURRENCY", 8, _int(1))  # executions at once
+    # The languages this worker serves (empty: all); it consumes their queues (see README).
+    worker_languages: tuple[str, ...] = _setting("EXECUTOR_LANGUAGES", (), _names)
+    # Publish each execution on its language's own queue, executor.<language> (see README).
+    route_by_language: bool = _setting("EXECUTOR_ROUTE_BY_LANGUAGE", False, _flag)
     pool_size: int = _setting("EXECUTOR_POOL_SIZE", 4, _int(0))  # warm containers; 0 disables
     pool_max_idle_s: float = _setting("EXECUTOR_POOL_MAX_IDLE", 300.0, _float(1.0))
     pool_refill_concurrency: int = _setting("EXECUTOR_POOL_REFILL_CONCURRENCY", 2, _int(1))

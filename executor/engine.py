@@ -161,15 +161,30 @@ class Engine:
         self._images[image] = (image_id, time.monotonic())
         return image_id
 
+    def has_image(self, image: str) -> bool | None:
+        """Whether the engine has `image` (never pulls); None when it cannot tell."""
+        try:
+            with self._translated("inspect image", image):
+                try:
+                    self.api.inspect_image(image)
+                except docker.errors.NotFound:
+                    return False
+        except Exception:  # noqa: BLE001 - unknown: the caller keeps the language
+            return None
+        return True
+
     def cached_image_id(self, image: str) -> str | None:
         """The id last seen for `image`, without asking Docker."""
         cached = self._images.get(image)
         return cached[0] if cached else None
 
     def _pull(self, image: str) -> str:
-        repository, _, tag = image.rpartition(":")
-        if not repository or "/" in tag:
-            repository, tag = image, "latest"
+        if "@" in image:  # by digest: the engine takes the digest as the tag
+            repository, _, tag = image.partition("@")
+        else:
+            repository, _, tag = image.rpartition(":")
+            if not repository or "/" in tag:
+                repository, tag = image, "latest"
         try:
             with self._translated("pull image", image):
                 for event in self.api.pull(repository, tag=tag, stream=True, decode=True):

@@ -61,9 +61,10 @@ class Backstop:
         self._overdue: set[str] = set()  # past the hard limit, record finished
 
     @contextlib.contextmanager
-    def running(self, execution_id: str) -> Iterator[None]:
+    def running(self, execution_id: str, build_s: float = 0.0) -> Iterator[None]:
         with self._lock:
-            self._active[execution_id] = time.monotonic()
+            # A compiled language's build has its own time limit: the clock starts after it.
+            self._active[execution_id] = time.monotonic() + build_s
         try:
             yield
         finally:
@@ -99,7 +100,13 @@ class PoolStats:
     def __init__(self) -> None:
         self._reader = ThreadPoolExecutor(1, "pool-stats")
         self._query: Future[dict[str, Any]] | None = None
-        self._last: dict[str, Any] = {"warm": 0, "starting": 0, "target": 0, "idle": {}}
+        self._last: dict[str, Any] = {
+            "warm": 0,
+            "starting": 0,
+            "target": 0,
+            "idle": {},
+            "languages": {},
+        }
 
     def read(self, ask: Callable[[], dict[str, Any]] | None) -> dict[str, Any]:
         if ask is not None and (self._query is None or self._query.done()):
@@ -112,6 +119,7 @@ class PoolStats:
                     "starting": stats.get("starting", 0),
                     "target": stats.get("target", 0),
                     "idle": dict(stats.get("idle") or {}),
+                    "languages": dict(stats.get("languages") or {}),
                 }
             except FutureTimeout:
                 pass

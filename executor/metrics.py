@@ -85,11 +85,18 @@ def counters(raw: Mapping[str, int]) -> dict[str, Any]:
     }
 
 
-def pool_totals(workers: list[dict[str, Any]]) -> dict[str, int]:
-    """Warm containers (and the target) summed over the live workers."""
+def pool_totals(workers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Warm containers (and the target) summed over the live workers, in all and per language."""
     warm = sum(int((w.get("pool") or {}).get("warm", 0)) for w in workers)
     target = sum(int((w.get("pool") or {}).get("target", 0)) for w in workers)
-    return {"warm": warm, "target": target}
+    languages: dict[str, dict[str, int]] = {}
+    for worker in workers:
+        for name, counts in ((worker.get("pool") or {}).get("languages") or {}).items():
+            total = languages.setdefault(str(name), {"warm": 0, "target": 0})
+            for key in total:
+                value = counts.get(key, 0) if isinstance(counts, dict) else 0
+                total[key] += value if isinstance(value, int) else 0
+    return {"warm": warm, "target": target, "languages": languages}
 
 
 def idle_by_language(workers: list[dict[str, Any]]) -> dict[str, int]:
@@ -173,6 +180,21 @@ class SnapshotCollector:
         yield GaugeMetricFamily(
             "executor_pool_target", "Warm containers wanted over all workers.", value=pool["target"]
         )
+        language_warm = GaugeMetricFamily(
+            "executor_pool_language_warm",
+            "Warm containers of each language over all workers.",
+            labels=["language"],
+        )
+        language_target = GaugeMetricFamily(
+            "executor_pool_language_target",
+            "Each language's share of the warm pools, by recent demand.",
+            labels=["language"],
+        )
+        for language, counts in sorted(pool["languages"].items()):
+            language_warm.add_metric([language], counts["warm"])
+            language_target.add_metric([language], counts["target"])
+        yield language_warm
+        yield language_target
         idle = GaugeMetricFamily(
             "executor_pool_idle", "Warm containers waiting, per language.", labels=["language"]
         )

@@ -46,11 +46,16 @@ class RunRequest:
     stdin: str = ""
     args: tuple[str, ...] = ()
     files: tuple[File, ...] = ()
+    image: str | None = None  # an operator-approved image for this language (EXECUTOR_IMAGES)
 
 
 @dataclass(frozen=True)
 class Language:
-    """A language the service runs: which image, how to build and how to run a program."""
+    """A language the service runs: its image, how to build and how to run a program.
+
+    Commands and env values are templates (see executor.languages): {file}, {main},
+    {memory_mb}, {heap_mb}.
+    """
 
     name: str
     version: str
@@ -58,7 +63,18 @@ class Language:
     source_file: str
     run: tuple[str, ...]
     compile: tuple[str, ...] | None = None
+    compile_timeout: float = 30.0  # seconds the build may take, apart from the run's timeout
+    env: tuple[tuple[str, str], ...] = ()  # set for the build and the run
     inline_python: bool = False  # run in the runner's pre-started interpreter (no exec)
+    source_from_code: str = ""  # a regex whose group 1 names the file (Java's public class)
+    oom_markers: tuple[str, ...] = ()  # the runtime's own "heap exhausted" on stderr
+    packages: tuple[str, ...] = ()  # the Debian packages its image adds to the base
+    setup: str = ""  # a shell command run once when its image is built
+    extra_images: tuple[str, ...] = ()  # operator-approved images (EXECUTOR_IMAGES)
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile is not None
 
 
 @dataclass(frozen=True)

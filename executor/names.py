@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
+from executor.languages import REGISTRY
+
 TASK_NAME = "executor.execute"  # the contract's task name
 QUEUE = "executor"  # the contract's queue
 
@@ -16,7 +18,20 @@ QUEUE = "executor"  # the contract's queue
 # these lists inside its Lua admission script (the check must be atomic), so it needs their
 # keys. kombu's only API for them is `Channel._q_for_pri()`, a private method of a live
 # channel; the steps and the separator are kombu's own public values, read here.
-QUEUE_KEYS = tuple(QUEUE if step == 0 else f"{QUEUE}{Channel.sep}{step}" for step in PRIORITY_STEPS)
+# With EXECUTOR_ROUTE_BY_LANGUAGE each execution goes to its language's queue instead
+# (executor.<language>); the depth (and EXECUTOR_MAX_QUEUE) counts every queue together.
+QUEUES = (QUEUE, *(f"{QUEUE}.{language.name}" for language in REGISTRY))
+QUEUE_KEYS = tuple(
+    queue if step == 0 else f"{queue}{Channel.sep}{step}"
+    for queue in QUEUES
+    for step in PRIORITY_STEPS
+)
+
+
+def queue_for(language: str, by_language: bool) -> str:
+    """The Celery queue an execution of `language` is published to."""
+    return f"{QUEUE}.{language}" if by_language else QUEUE
+
 
 # Redis keys of the store (see executor.store for what each holds).
 PREFIX = "executor:"

@@ -88,7 +88,11 @@ class Rules:
     @classmethod
     def from_settings(cls, settings: Settings) -> Rules:
         return cls(
-            images={lang.image: lang.name for lang in languages(settings).values()},
+            images={
+                image: lang.name
+                for lang in languages(settings).values()
+                for image in (lang.image, *lang.extra_images)
+            },
             runtimes=frozenset(settings.proxy_allowed_runtimes),
             uids=settings.sandbox_uids,
             max_memory_mb=settings.max_memory_mb,

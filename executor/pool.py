@@ -1,10 +1,15 @@
 """Warm containers, each handed out once and never reused.
 
-The pool keeps `size` containers of each pooled profile (language, memory, cpus) created,
-attached, started and ready, so an execution only has to deliver its code. A container leaves
-the pool exactly once: to one execution, or to the disposer when it is too old, its image has
-changed, its runner died, or the pool stops. Refills run in the background under a
-concurrency cap and back off while Docker fails.
+The pool keeps containers of its profiles (one per language, at the default memory and cpus)
+created, attached, started and ready, so an execution only has to deliver its code. `size` is a
+budget for all languages together, shared by recent demand: each profile's target is its share
+of the requests (hits and misses) of the last `demand_window_s`, at least one for every language
+in use while the budget lasts (the most recently used first); a language nobody asked for
+shrinks to zero and falls back to a cold start. With no demand at all, the whole budget goes
+to the first profile (Python).
+A container leaves the pool exactly once: to one execution, or to the disposer when it is too
+old, its image has changed, its runner died, its language's target shrank, or the pool stops.
+Refills run in the background under a concurrency cap and back off while Docker fails.
 """
 
 from __future__ import annotations
@@ -43,8 +48,44 @@ class Profile:
         return profile_name(self.language.name, self.memory_mb, self.cpus)
 
 
+def shares(
+    size: int, demand: dict[str, int], default: str, last_used: dict[str, float] | None = None
+) -> dict[str, int]:
+    """Split `size` warm containers among profiles by `demand` (requests per profile).
+
+    Every profile with demand gets one while the budget lasts, the most recently used first
+    (`last_used`, else the most demanded): a language in use stays warm. What is left goes by
+    the largest remainders of the proportional shares. Without any demand, all to `default`.
+    """
+    targets = dict.fromkeys(demand, 0)
+    total = sum(demand.values())
+    if size <= 0:
+        return targets
+    if total == 0:
+        targets[default] = size
+        return targets
+    recency = last_used or {}
+    ranked = sorted(
+        (n for n in demand if demand[n] > 0), key=lambda n: (-recency.get(n, 0.0), -demand[n])
+    )
+    for name in ranked[:size]:
+        targets[name] = 1
+    left = size - sum(targets.values())
+    if left > 0:
+        exact = {n: size * demand[n] / total for n in ranked}
+        for name in ranked:
+            extra = min(left, max(0, int(exact[name]) - targets[name]))
+            targets[name] += extra
+            left -= extra
+        by_remainder = sorted(ranked, key=lambda n: -(exact[n] - int(exact[n])))
+        for name in by_remainder[:left]:
+            targets[name] += 1
+    return targets
+
+
 class WarmPool:
-    """Keeps `size` ready containers per profile; `take()` hands one out or returns None."""
+    """Keeps up to `size` ready containers, shared among profiles by demand; `take()` hands one
+    out or returns None."""
 
     def __init__(
         self,
@@ -54,10 +95,14 @@ class WarmPool:
         max_idle_s: float,
         refill_concurrency: int,
         dispose: Callable[[Container], None],
+        demand_window_s: float = 300.0,
     ) -> None:
         self.sandbox = sandbox
         self.profiles = {p.name: p for p in profiles}
+        self._default = profiles[0].name
         self.size = size
+        self.demand_window_s = demand_window_s
+        self._demand: dict[str, deque[float]] = {name: deque() for name in self.profiles}
         self.max_idle_s = max_idle_s
         self._dispose = dispose
         self._idle: dict[str, deque[Container]] = {name: deque() for name in self.profiles}
@@ -72,8 +117,19 @@ class WarmPool:
         self.handed_out = 0
         self.misses = 0
 
+    def restrict(self, names: set[str]) -> None:
+        """Keep only the profiles of these languages (before `start()`)."""
+        with self._cond:
+            kept = [p for p in self.profiles.values() if p.language.name in names]
+            if kept:
+                self._default = kept[0].name
+            for name in list(self.profiles):
+                if self.profiles[name].language.name not in names:
+                    del self.profiles[name], self._idle[name], self._starting[name]
+                    del self._demand[name]
+
     def start(self) -> None:
-        if self.size <= 0 or self._thread is not None:
+        if self.size <= 0 or not self.profiles or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._refill_loop, name="pool-refill", daemon=True)
         self._thread.start()
@@ -82,6 +138,8 @@ class WarmPool:
         """A ready container for this profile, or None (then the caller makes a fresh one)."""
         name = profile_name(language.name, memory_mb, cpus)
         with self._cond:
+            if name in self._demand:
+                self._demand[name].append(time.monotonic())
             queue = self._idle.get(name)
             while queue:
                 container = queue.popleft()
@@ -97,15 +155,41 @@ class WarmPool:
             self.sandbox.events(metrics.POOL_MISSES, 1)
         return None
 
-    def stats(self) -> dict[str, Any]:
+    def targets(self) -> dict[str, int]:
+        """Each profile's share of the budget now."""
         with self._cond:
+            return self._targets_locked()
+
+    def _targets_locked(self) -> dict[str, int]:
+        since = time.monotonic() - self.demand_window_s
+        for stamps in self._demand.values():
+            while stamps and stamps[0] < since:
+                stamps.popleft()
+        demand = {name: len(stamps) for name, stamps in self._demand.items()}
+        last = {name: stamps[-1] for name, stamps in self._demand.items() if stamps}
+        return shares(self.size, demand, self._default, last)
+
+    def stats(self) -> dict[str, Any]:
+        """Totals, and per language: warm, starting, target, recent demand."""
+        with self._cond:
+            targets = self._targets_locked()
+            languages = {
+                profile.language.name: {
+                    "warm": len(self._idle[name]),
+                    "starting": self._starting[name],
+                    "target": targets[name],
+                    "demand": len(self._demand[name]),
+                }
+                for name, profile in self.profiles.items()
+            }
             return {
                 "warm": sum(len(q) for q in self._idle.values()),
                 "idle": self._idle_by_language_locked(),
                 "starting": sum(self._starting.values()),
-                "target": self.size * len(self.profiles),
+                "target": self.size,
                 "handed_out": self.handed_out,
                 "misses": self.misses,
+                "languages": languages,
             }
 
     def _idle_by_language_locked(self) -> dict[str, int]:
@@ -156,8 +240,12 @@ class WarmPool:
     def _wanted_locked(self) -> list[str]:
         wanted: list[str] = []
         in_flight = sum(self._starting.values())
-        for name in self.profiles:
-            missing = self.size - len(self._idle[name]) - self._starting[name]
+        targets = self._targets_locked()
+        # Never more than the budget in the pool at once, starting ones included.
+        room = self.size - sum(len(q) for q in self._idle.values()) - in_flight
+        for name in sorted(self.profiles, key=lambda n: -targets[n]):
+            short = targets[name] - len(self._idle[name]) - self._starting[name]
+            missing = min(room - len(wanted), short)
             for _ in range(max(0, missing)):
                 if in_flight + len(wanted) >= self._cap:
                     return wanted
@@ -166,7 +254,10 @@ class WarmPool:
 
     def _recycle_locked(self) -> None:
         now = time.monotonic()
+        targets = self._targets_locked()
         for name, queue in self._idle.items():
+            while len(queue) > targets[name]:  # its share shrank: make room for the others
+                self._dispose(queue.popleft())
             profile = self.profiles[name]
             current = self.sandbox.engine.cached_image_id(profile.language.image)
             keep: deque[Container] = deque()

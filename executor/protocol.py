@@ -19,9 +19,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from executor.languages import MAX_COMPILE_TIMEOUT_S, steps
 from executor.models import Language, RunRequest
 
-COMPILE_TIMEOUT_S = 30.0
+COMPILE_TIMEOUT_S = MAX_COMPILE_TIMEOUT_S  # the longest build
 FRAME_MAX = 65536  # the runner sends output in chunks of at most this
 RESULT_MAX = 4096  # the result frame is a small JSON object
 DIAGNOSTICS_MAX = 8192  # what is kept of the runner's own stderr
@@ -33,20 +34,26 @@ OUTPUT_KINDS = (b"O", b"E", b"o", b"e")  # program stdout, stderr; build stdout,
 
 
 def encode_request(request: RunRequest, language: Language, max_output: int) -> bytes:
-    """The runner's request: b"<length>\\n" then fields b"<name> <length>\\n<raw value>"."""
+    """The runner's request: b"<length>\\n" then fields b"<name> <length>\\n<raw value>".
+
+    The language's command and environment templates are filled in here (see
+    executor.languages): the runner only runs what it is given.
+    """
+    program = steps(language, request.code, request.limits.memory_mb)
     fields: list[tuple[str, str | bytes]] = [
-        ("source", language.source_file),
+        ("source", program.source),
         ("code", request.code),
         ("stdin", request.stdin),
         ("inline", "1" if language.inline_python else "0"),
         ("timeout", repr(float(request.limits.timeout))),
-        ("compile_timeout", repr(COMPILE_TIMEOUT_S)),
+        ("compile_timeout", repr(float(language.compile_timeout))),
         ("max_output", str(max_output)),
         ("nproc", str(request.limits.pids)),
     ]
     fields += [("arg", arg) for arg in request.args]
-    fields += [("run", item) for item in language.run]
-    fields += [("compile", item) for item in language.compile or ()]
+    fields += [("run", item) for item in program.run]
+    fields += [("compile", item) for item in program.compile or ()]
+    fields += [("env", f"{name}={value}") for name, value in program.env]
     for extra in request.files:
         fields += [("path", extra.path), ("content", extra.content)]
     parts = []

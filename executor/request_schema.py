@@ -146,6 +146,7 @@ class RequestSchema(Schema):
     error_messages = {"type": NOT_AN_OBJECT}  # noqa: RUF012 - marshmallow's own attribute
 
     source_files: Mapping[str, str] = {}  # language -> the program's own file name
+    images: Mapping[str, tuple[str, ...]] = {}  # language -> its images (EXECUTOR_IMAGES)
     max_files_bytes = 0
     pids = 0
     tmpfs_mb = 0
@@ -183,6 +184,13 @@ class RequestSchema(Schema):
         if errors:
             raise ValidationError(errors)
 
+    @validates_schema(skip_on_field_errors=True)
+    def check_image(self, data: dict[str, Any], **_: Any) -> None:
+        """An image, when asked for, is one the operator approved for the language."""
+        image, language = data.get("image"), str(data.get("language", ""))
+        if image is not None and image not in self.images.get(language, ()):
+            raise ValidationError({"image": [f"Not an approved image for {language}."]})
+
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> RunRequest:
         limits = Limits(**data.pop("limits"), pids=self.pids, tmpfs_mb=self.tmpfs_mb)
@@ -219,10 +227,12 @@ def _doc(text: str) -> dict[str, str]:
 def request_schema(settings: Settings) -> type[RequestSchema]:
     """The request schema with every bound of `settings` (one class per app or worker)."""
     s = settings
-    sources = {name: lang.source_file for name, lang in languages(s).items()}
+    known = languages(s)
+    sources = {name: lang.source_file for name, lang in known.items()}
 
     class ExecutionRequestSchema(RequestSchema):
         source_files = sources
+        images = {name: (lang.image, *lang.extra_images) for name, lang in known.items()}  # noqa: RUF012
         max_files_bytes = s.max_files_bytes
         pids = s.pids_limit
         tmpfs_mb = s.tmpfs_mb
@@ -272,6 +282,12 @@ def request_schema(settings: Settings) -> type[RequestSchema]:
             attribute="limits.cpus",
             load_default=s.default_cpus,
             validate=validate.Range(min=MIN_CPUS, max=s.max_cpus),
+        )
+        image = fields.String(
+            load_default=None,
+            allow_none=True,
+            validate=Utf8Length(min=1, max=256),
+            metadata=_doc("An operator-approved image for the language (EXECUTOR_IMAGES)."),
         )
 
     return ExecutionRequestSchema

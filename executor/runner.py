@@ -8,7 +8,12 @@ Request (worker -> runner, over the attached stdin): b"<decimal length>\\n" and 
 length made of fields b"<name> <length>\\n<value>". Names: code, source, stdin, inline (0/1),
 timeout, compile_timeout, max_output, nproc (decimal; nproc is optional: the program's
 processes and threads, RLIMIT_NPROC of its uid), and the repeatable arg, run, compile (argv
-items) and path/content (one pair per extra file). Values are raw UTF-8: nothing is escaped.
+items), env (b"NAME=value", set for every step; optional) and path/content (one pair per extra
+file). Values are raw UTF-8: nothing is escaped. The run's timeout counts from the end of the
+build: the build has its own, compile_timeout. A command whose first item starts with "./" is
+a build product in the working directory: /tmp is a noexec tmpfs, so the runner executes a copy
+of it in memory (memfd), which the program could do itself just as well; the sandbox's mounts
+stay as they are.
 
 Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian length + data.
     b"r"         empty; sent once the runner has started and waits for its request
@@ -381,14 +386,18 @@ def _finalize(main, status, interrupted):
     os._exit(status)
 
 
-def _spawn(argv, stdin_fd, inline_path, uid, pipes, nproc):
+def _spawn(argv, stdin_fd, inline_path, uid, pipes, nproc, env):
     (out_r, out_w), (err_r, err_w) = pipes
     pid = os.fork()
     if pid == 0:
         try:
             _child_setup(stdin_fd, out_w, err_w, inline_path is not None, uid, nproc)
+            if env:
+                os.environ.update(env)
             if inline_path is None:
-                os.execvp(argv[0], argv)
+                if argv[0].startswith("./"):
+                    os.execve(_in_memory(argv[0]), argv, os.environ)
+                os.execvpe(argv[0], argv, os.environ)
         except BaseException as e:  # exec failed: report it as the program's own error
             os.write(2, ("runner: cannot start %r: %s\n" % (argv[0], e)).encode())
             os._exit(127)
@@ -398,6 +407,20 @@ def _spawn(argv, stdin_fd, inline_path, uid, pipes, nproc):
     os.close(out_w)
     os.close(err_w)
     return pid, out_r, err_r
+
+
+def _in_memory(path):
+    """A close-on-exec memfd holding a copy of the executable `path` (fexecve-able)."""
+    fd = os.memfd_create(os.path.basename(path), os.MFD_CLOEXEC)
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+    return fd
 
 
 def _wait_status(status):
@@ -498,11 +521,11 @@ def _kill_group(pid):
             pass
 
 
-def _run_step(argv, stdin_fd, inline_path, timeout, kinds, limit, uid, pipes, nproc):
+def _run_step(argv, stdin_fd, inline_path, timeout, kinds, limit, uid, pipes, nproc, env):
     streams = [_Stream(kinds[0], limit), _Stream(kinds[1], limit)]
     oom_before = _oom_kills()
     started = time.monotonic()
-    pid, out_r, err_r = _spawn(argv, stdin_fd, inline_path, uid, pipes, nproc)
+    pid, out_r, err_r = _spawn(argv, stdin_fd, inline_path, uid, pipes, nproc, env)
     status, timed_out = _supervise(pid, {out_r: streams[0], err_r: streams[1]}, started + timeout)
     duration_ms = int((time.monotonic() - started) * 1000)
     os.close(out_r)
@@ -538,6 +561,11 @@ def main():
     def argv(name):
         return [item.decode("utf-8") for item in request.get(name, ())]
 
+    env = {}
+    for item in argv("env"):
+        name, sep, value = item.partition("=")
+        if sep and name:
+            env[name] = value
     source = _safe_path(request["source"][0].decode("utf-8"))
     build = request.get("compile")
     with _AsUser(uid):  # all the program may open by path again, owned by its uid
@@ -551,21 +579,25 @@ def main():
     nproc = int(number("nproc", 0))
     result = {"compile": None}
     if build:
+        build_started = time.monotonic()
         with open(os.devnull, "rb") as devnull:
             timeout = number("compile_timeout", 30.0)
             step = _run_step(
                 argv("compile"), devnull.fileno(), None, timeout, (b"o", b"e"), limit, uid,
-                build_pipes, nproc,
+                build_pipes, nproc, env,
             )  # fmt: skip
         result["compile"] = step
         if step["exit_code"] != 0:
             _send(b"R", _json(result).encode())
             return
+        received += time.monotonic() - build_started  # the build had its own time limit
     budget = max(0.0, number("timeout") - (time.monotonic() - received))
     inline = source if request.get("inline", [b"0"])[0] == b"1" else None
     args = argv("arg")
     command = args if inline else [*argv("run"), *args]
-    step = _run_step(command, stdin_fd, inline, budget, (b"O", b"E"), limit, uid, run_pipes, nproc)
+    step = _run_step(
+        command, stdin_fd, inline, budget, (b"O", b"E"), limit, uid, run_pipes, nproc, env
+    )
     result.update(step)
     _send(b"R", _json(result).encode())
 

@@ -28,6 +28,7 @@ from executor.celery_app import TimeLimits
 from executor.config import Settings
 from executor.errors import ExecutorError, InvalidRequest, SandboxError, error_for
 from executor.heartbeat import Backstop, Events, Heartbeat, PoolStats
+from executor.languages import REGISTRY
 from executor.models import RunRequest, RunResult, iso
 from executor.request_schema import parse_request, request_schema
 from executor.store import Claim, Store
@@ -108,6 +109,11 @@ class WorkerRuntime:
         self.heartbeat.start()
         log.info("worker %s started (incarnation %s)", self.name, self.incarnation)
 
+    def served_languages(self) -> tuple[str, ...] | None:
+        """The languages this worker serves once started (those whose images it has)."""
+        served = getattr(self._service, "served", None)
+        return None if served is None else tuple(served)
+
     def stop(self) -> None:
         """Stop beating, drain the pool, and mark whatever still ran here as lost."""
         self.heartbeat.stop()
@@ -153,7 +159,7 @@ class WorkerRuntime:
         )
         if not claim.claimed:
             return self._redelivered(execution_id, claim)
-        with self.backstop.running(execution_id):
+        with self.backstop.running(execution_id, _build_allowance(payload)):
             try:
                 request = parse_request(self.requests, payload)
             except InvalidRequest as e:
@@ -270,10 +276,17 @@ class WorkerRuntime:
                 "warm": stats["warm"],
                 "starting": stats["starting"],
                 "target": stats["target"],
+                "languages": stats["languages"],
             },
             "idle": stats["idle"],
             "started_at": self._started_at,
         }
+
+
+def _build_allowance(payload: Any) -> float:
+    """The build time limit of the payload's language, if it compiles (0 otherwise)."""
+    language = next((lang for lang in REGISTRY if lang.name == _language_of(payload)), None)
+    return language.compile_timeout if language is not None and language.compiled else 0.0
 
 
 def _language_of(payload: Any) -> str:

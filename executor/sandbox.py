@@ -25,7 +25,7 @@ from executor.engine import Engine
 from executor.errors import ContainerLost, SandboxError, UidInUse
 from executor.models import Language, Limits, RunRequest, RunResult, StepResult, iso
 from executor.policy import profile_name, sandbox_config
-from executor.protocol import COMPILE_TIMEOUT_S, Reply, Step, encode_request
+from executor.protocol import Reply, Step, encode_request
 from executor.uids import UidAllocator, UidsExhausted
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class Sandbox:
             ) from None
         started_at = iso()
         delivered = time.monotonic()
-        budget = limits.timeout + (COMPILE_TIMEOUT_S if language.compile else 0.0)
+        budget = limits.timeout + (language.compile_timeout if language.compile else 0.0)
         deadline = delivered + budget + DEADLINE_GRACE_S
         if container.pending:
             reply.feed(container.pending)
@@ -284,7 +284,7 @@ class Sandbox:
             status = "compile_error"
         elif run.timed_out:
             status = "timeout"
-        elif run.oom:
+        elif run.oom or _runtime_out_of_memory(language, run, stderr):
             status = "memory_limit"
         elif exit_code == 0:
             status = "success"
@@ -308,6 +308,15 @@ class Sandbox:
             finished_at=iso(),
             container_id=container.id,
         )
+
+
+def _runtime_out_of_memory(language: Language, run: Step, stderr: str) -> bool:
+    """The runtime's own heap limit (set from memory_mb) ended the program: it failed, and the
+    end of its stderr carries the runtime's out-of-memory message."""
+    if run.exit_code == 0 or not language.oom_markers:
+        return False
+    tail = stderr[-4096:]
+    return any(marker in tail for marker in language.oom_markers)
 
 
 def _signal_name(number: int) -> str:

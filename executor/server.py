@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from executor.config import Settings
+from executor.languages import MAX_COMPILE_TIMEOUT_S
 
 WORKER_CLASSES = {
     "gevent": "executor.http_worker.GeventWorker",
@@ -32,8 +33,8 @@ def options(settings: Settings, environ: Mapping[str, str] | None = None) -> dic
     kind = env.get("GUNICORN_WORKER_CLASS") or "gevent"
     if kind not in WORKER_CLASSES:
         raise ValueError(f"GUNICORN_WORKER_CLASS must be one of {sorted(WORKER_CLASSES)}")
-    # A request may wait up to the longest timeout plus the queueing grace.
-    longest = int(settings.max_timeout + settings.queue_grace_s) + 30
+    # A request may wait up to the longest build and timeout plus the queueing grace.
+    longest = int(settings.max_timeout + MAX_COMPILE_TIMEOUT_S + settings.queue_grace_s) + 30
     return {
         "bind": [f"0.0.0.0:{settings.port}"],
         "worker_class": WORKER_CLASSES[kind],

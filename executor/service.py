@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from executor.config import Settings
@@ -31,17 +32,24 @@ class ExecutionService:
         self.engine = Engine(settings)
         self.sandbox = Sandbox(settings, self.engine, events)
         self.languages = languages(settings)
+        served = settings.worker_languages or tuple(self.languages)
+        # What this worker serves: its languages whose images its engine has (see start()).
+        self.served: tuple[str, ...] = tuple(served)
         self._disposer = ThreadPoolExecutor(4, "sandbox-dispose")
-        default = Profile(
-            self.languages["python"], settings.default_memory_mb, settings.default_cpus
-        )
+        # One pooled profile per language this worker serves, Python (the default) first.
+        profiles = [
+            Profile(lang, settings.default_memory_mb, settings.default_cpus)
+            for lang in self.languages.values()
+            if lang.name in served
+        ]
         self.pool = WarmPool(
             self.sandbox,
-            [default],
+            profiles,
             size=settings.pool_size,
             max_idle_s=settings.pool_max_idle_s,
             refill_concurrency=settings.pool_refill_concurrency,
             dispose=self.dispose,
+            demand_window_s=settings.pool_max_idle_s,
         )
         self.reaper = Reaper(
             self.engine,
@@ -60,6 +68,15 @@ class ExecutionService:
             if self._started:
                 return
             self._started = True
+        missing = [
+            name
+            for name in self.served
+            if name in self.languages and self.engine.has_image(self.languages[name].image) is False
+        ]
+        if missing:
+            log.warning("no image for %s on this engine: not served here", ", ".join(missing))
+            self.served = tuple(name for name in self.served if name not in missing)
+            self.pool.restrict(set(self.served))
         self.reaper.start()
         self.pool.start()
 
@@ -79,7 +96,16 @@ class ExecutionService:
                 errors={"language": [f"must be one of {sorted(self.languages)}"]},
             )
         limits = request.limits
-        warm = self.pool.take(language, limits.memory_mb, limits.cpus)
+        warm = None
+        if request.image and request.image != language.image:
+            if request.image not in language.extra_images:
+                raise InvalidRequest(
+                    f"image {request.image!r} is not approved for {language.name}",
+                    errors={"image": [f"must be one of {list(language.extra_images)}"]},
+                )
+            language = replace(language, image=request.image)  # cold: the pool holds defaults
+        else:
+            warm = self.pool.take(language, limits.memory_mb, limits.cpus)
         if warm is not None:
             try:
                 return self._execute(warm, request, execution_id, warm=True)

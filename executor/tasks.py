@@ -11,12 +11,14 @@ import logging
 from typing import Any
 
 from celery import Celery, Task, bootsteps, signals
+from kombu.entity import Queue
 
 from executor.celery_app import create_celery
 from executor.config import Settings
 from executor.errors import ExecutorError
+from executor.languages import REGISTRY
 from executor.monitor import MonitorServer, WorkerProbe
-from executor.names import TASK_NAME
+from executor.names import QUEUE, TASK_NAME, queue_for
 from executor.runtime import WorkerRuntime
 
 
@@ -35,10 +37,23 @@ def register(app: Celery, runtime: WorkerRuntime) -> Task:
     return execute
 
 
+def worker_queues(settings: Settings) -> list[str]:
+    """The queues a worker consumes unless `-Q` says otherwise: the queue of each language it
+    serves (for APIs with EXECUTOR_ROUTE_BY_LANGUAGE=1), and the shared queue unless it serves
+    only some languages (EXECUTOR_LANGUAGES)."""
+    served = settings.worker_languages or [lang.name for lang in REGISTRY]
+    shared = [] if settings.worker_languages else [QUEUE]
+    return [*shared, *(queue_for(name, True) for name in served)]
+
+
 def create_worker(settings: Settings) -> Celery:
     """The worker's app: the task `executor.execute`, one WorkerRuntime per process, and the
     worker's own monitoring endpoint (executor.monitor)."""
     app = create_celery(settings)
+    app.conf.task_queues = [
+        Queue(name, routing_key=name)  # type: ignore[no-untyped-call]
+        for name in worker_queues(settings)
+    ]
     runtime = WorkerRuntime(settings)
     register(app, runtime)
     consumer: list[Any] = []  # the Celery consumer, once the worker is ready
@@ -59,6 +74,13 @@ def create_worker(settings: Settings) -> Celery:
             # stdout) at INFO; the runtime logs each execution without its data instead.
             logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
             runtime.start(getattr(sender, "hostname", None))
+            # A language whose image this engine lacks is left to other workers: stop
+            # consuming its queue.
+            served = runtime.served_languages() or ()
+            for language in REGISTRY:
+                queue = queue_for(language.name, True)
+                if language.name not in served and queue in worker_queues(settings):
+                    sender.cancel_task_queue(queue)
             consumer[:] = [sender]
             monitor.start()
 

@@ -2,10 +2,15 @@
 # Build the images the Executor Service needs, on the Docker engine (PROXY_UPSTREAM, default
 # the local socket). Quick when nothing changed: Docker's build cache decides what to redo.
 #
-# Usage: scripts/build-images.sh [sandbox] [wheelhouse] [service]   (no argument: sandbox)
+# Usage: scripts/build-images.sh [sandbox] [languages] [wheelhouse] [service]
+#         (no argument: sandbox languages)
 #   sandbox     the sandbox image executor-python:3.11 from images/python/Dockerfile, on top of
 #               the base image python:3.11-slim. The base is pulled; where no registry can be
 #               reached it is made from Debian bookworm's python3 with debootstrap and imported.
+#   languages   one image per language of executor/languages.py (and the operator-approved
+#               example python-data) from images/language/Dockerfile: the same base, the
+#               language's Debian packages, the sandbox image's runner. With MISSING_ONLY=1,
+#               only the images that do not exist yet. BUILD_JOBS builds at once (default 2).
 #   wheelhouse  wheelhouse/: the wheels of requirements.txt for the base image's interpreter,
 #               made on the host with .venv's pip (pip cannot reach an index inside a build
 #               everywhere), resolved with the image's environment markers, not the host's.
@@ -14,7 +19,8 @@
 #
 # Environment: BASE_IMAGE (python:3.11-slim), EXECUTOR_PYTHON_IMAGE (executor-python:3.11),
 # SERVICE_IMAGE (executor-service:latest), PULL_TIMEOUT (seconds, 60), DEBIAN_MIRROR (read
-# from apt's sources on Debian, else http://deb.debian.org/debian), RUN_DIR (.run).
+# from apt's sources on Debian, else http://deb.debian.org/debian), RUN_DIR (.run), PYTHON
+# (python3, reads the language registry), MISSING_ONLY, BUILD_JOBS.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -122,6 +128,42 @@ build_sandbox() {
 	build sandbox images/python/Dockerfile "$SANDBOX_IMAGE"
 }
 
+# One image per entry of the language registry, BUILD_JOBS at a time; each build's log is
+# RUN_DIR/build-NAME.log. Docker's cache makes a rebuild with nothing changed take seconds.
+build_languages() {
+	docker image inspect "$SANDBOX_IMAGE" >/dev/null 2>&1 || build_sandbox
+	local table name image packages setup failed=0 started
+	table=$("${PYTHON:-python3}" -m executor.languages images) ||
+		die "could not read the language registry (executor/languages.py)"
+	local -a pids=() names=()
+	while IFS=$'\t' read -r name image packages setup; do
+		if [[ ${MISSING_ONLY:-0} == 1 ]] && docker image inspect "$image" >/dev/null 2>&1; then
+			continue
+		fi
+		while (($(jobs -rp | wc -l) >= ${BUILD_JOBS:-2})); do
+			wait -n || true
+		done
+		log "$name: building $image${packages:+ (Debian: $packages)}"
+		(
+			started=$SECONDS
+			build "$name" images/language/Dockerfile "$image" \
+				--build-arg "SANDBOX=$SANDBOX_IMAGE" --build-arg "PACKAGES=$packages" \
+				--build-arg "SETUP=$setup" --build-arg "TITLE=${image%%:*}"
+			log "$name: built in $((SECONDS - started))s"
+		) &
+		pids+=($!)
+		names+=("$name")
+	done <<<"$table"
+	local i
+	for i in "${!pids[@]}"; do
+		wait "${pids[$i]}" || {
+			log "${names[$i]}: build failed"
+			failed=1
+		}
+	done
+	((failed == 0)) || die "some language images failed to build (logs: $(rel "$RUN_DIR")/build-*.log)"
+}
+
 # The environment markers of the base image's interpreter (what packaging's
 # default_environment() gives there), as JSON: e.g. python_full_version decides whether redis
 # needs async-timeout (Debian's 3.11.2 does, a newer 3.11 does not).
@@ -188,10 +230,10 @@ build_service() {
 }
 
 targets=("$@")
-((${#targets[@]})) || targets=(sandbox)
+((${#targets[@]})) || targets=(sandbox languages)
 for target in "${targets[@]}"; do
 	case $target in
-	sandbox | wheelhouse | service) "build_$target" ;;
-	*) die "unknown target '$target' (expected: sandbox wheelhouse service)" ;;
+	sandbox | languages | wheelhouse | service) "build_$target" ;;
+	*) die "unknown target '$target' (expected: sandbox languages wheelhouse service)" ;;
 	esac
 done

@@ -34,6 +34,13 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Every process the tests start (workers, APIs) reads it from the environment, as in production.
 # (setdefault: this module may be imported twice, as conftest and as tests.conftest.)
 PROXY_TOKEN = os.environ.setdefault("EXECUTOR_PROXY_TOKEN", secrets.token_urlsafe(24))
+# The operator-approved example image (built by `make images`), for the session's proxy, workers
+# and APIs alike, as an operator would set it for all of them.
+APPROVED_IMAGE = "executor-python-data:3.11"
+# An approved image no engine has (a worker with it as a language's image does not serve it).
+MISSING_IMAGE = "executor-python:absent"
+os.environ.setdefault("EXECUTOR_IMAGES", f"python={APPROVED_IMAGE},python={MISSING_IMAGE}")
+UNAPPROVED_IMAGE = "executor-python:unapproved"  # never in any allowlist
 
 
 def missing(what: str) -> None:

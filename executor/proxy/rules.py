@@ -208,6 +208,8 @@ def _pull(params: Params, match: re.Match[str], rules: Rules) -> str:
     # Without a tag the engine pulls every tag; a tag in both places is ambiguous.
     if not name or not tag or normalize_image(name) != f"{name}:latest" or "@" in tag:
         return "pull needs fromImage=<repository> and tag=<tag>"
+    if tag.startswith("sha256:"):  # a pull by digest
+        return _allowed_image(f"{name}@{tag}", rules)
     return _allowed_image(f"{name}:{tag}", rules)
 
 
@@ -327,7 +329,8 @@ class Router:
         if route.rule == "image-inspect":
             image = normalize_image(match.group("image"))
         elif route.rule == "image-pull" and not reason:
-            image = f"{params['fromImage']}:{params['tag']}"
+            sep = "@" if params["tag"].startswith("sha256:") else ":"
+            image = f"{params['fromImage']}{sep}{params['tag']}"
         return Decision(route.rule, reason, route, container, image, version)
 
     def _why_not(self, method: str, rest: str) -> str:

@@ -11,6 +11,7 @@ from flask_smorest import Blueprint
 from marshmallow import Schema
 
 from executor.errors import ExecutionNotFound, error_for
+from executor.languages import languages
 from executor.models import RunRequest
 from executor.request_schema import RequestSchema
 from executor.web import submissions
@@ -96,7 +97,9 @@ def blueprint(request_schema: type[RequestSchema]) -> Blueprint:
             ctx = context()
             key = request.headers.get(submissions.IDEMPOTENCY_HEADER)
             execution_id = submissions.submit(ctx, run, key)
-            budget = run.limits.timeout + ctx.settings.queue_grace_s
+            language = languages(ctx.settings).get(run.language)
+            build = language.compile_timeout if language is not None and language.compiled else 0
+            budget = run.limits.timeout + build + ctx.settings.queue_grace_s
             payload = submissions.wait(ctx, execution_id, budget)
             if payload is not None:
                 return finished(payload, as_error=True)

@@ -91,6 +91,15 @@ class LanguageSchema(Schema):
     name = _always(fields.String)
     version = _always(fields.String)
     image = _always(fields.String)
+    compiled = _always(
+        fields.Boolean, metadata=_doc("Whether a build step runs before the program.")
+    )
+    images = _always(
+        fields.List,
+        fields.String(),
+        attribute="extra_images",
+        metadata=_doc("Operator-approved extra images."),
+    )
 
 
 class CheckSchema(Schema):
@@ -115,6 +124,12 @@ class HealthSchema(Schema):
 class PoolSchema(Schema):
     warm = _always(fields.Integer, metadata=_doc("Warm containers waiting."))
     target = _always(fields.Integer, metadata=_doc("Warm containers wanted."))
+    starting = fields.Integer(metadata=_doc("A worker's: warm containers being started."))
+    languages = fields.Dict(
+        keys=fields.String(),
+        values=fields.Dict(keys=fields.String(), values=fields.Integer()),
+        metadata=_doc("Per language: warm and target (its share of the budget by demand)."),
+    )
 
 
 class WorkerSchema(Schema):

@@ -18,7 +18,7 @@ from kombu.exceptions import OperationalError
 
 from executor.errors import InvalidRequest, RedisUnavailable
 from executor.models import RunRequest
-from executor.names import QUEUE, TASK_NAME
+from executor.names import TASK_NAME, queue_for
 from executor.web.context import Context
 
 log = logging.getLogger(__name__)
@@ -74,13 +74,14 @@ def _known_execution(ctx: Context, request: RunRequest, key: str, execution_id: 
 
 def _queue(ctx: Context, request: RunRequest, execution_id: str) -> None:
     ctx.store.submit(execution_id, request.language, ctx.settings.max_queue)
+    queue = queue_for(request.language, ctx.settings.route_by_language)
     try:
         ctx.celery.send_task(
             TASK_NAME,
             args=[ctx.requests.dump(request)],  # the worker loads it with the same schema
             task_id=execution_id,
-            queue=QUEUE,
-            routing_key=QUEUE,
+            queue=queue,
+            routing_key=queue,
             ignore_result=True,  # the record holds the result
             # What task events, `celery inspect` and Flower show instead of the code and stdin.
             argsrepr=f"[<{request.language} program, {len(request.code)} characters>]",

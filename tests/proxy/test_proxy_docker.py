@@ -1030,3 +1030,23 @@ def test_listing_by_our_label_is_allowed(api: docker.APIClient, ours: dict[str, 
     )
     assert [c["Id"] for c in listed] == [ours["id"]]
     assert WORKER in listed[0]["Labels"].values()
+
+
+def test_the_proxy_enforces_the_image_allowlist(
+    api: docker.APIClient, rules: Rules, raw_docker: docker.DockerClient
+) -> None:
+    from tests.conftest import APPROVED_IMAGE, UNAPPROVED_IMAGE
+
+    # An operator-approved extra image (EXECUTOR_IMAGES) is a sandbox image like the others.
+    body = sandbox_body(rules, APPROVED_IMAGE)
+    container = api.create_container_from_config(body)["Id"]
+    force_remove(raw_docker, container)
+    # Any other image, sent straight to the proxy, is refused before the engine sees it.
+    refused_body = {**body, "Image": UNAPPROVED_IMAGE}
+    with pytest.raises(docker.errors.APIError) as refused:
+        api.create_container_from_config(refused_body)
+    assert refused.value.status_code == 403
+    assert "not an allowed sandbox image" in str(refused.value.explanation)
+    with pytest.raises(docker.errors.APIError) as inspect:
+        api.inspect_image(UNAPPROVED_IMAGE)
+    assert inspect.value.status_code == 403

@@ -167,3 +167,53 @@ def test_a_warm_container_lost_before_delivery_falls_back_to_a_fresh_one(
     monkeypatch.setattr(warm_service.pool, "take", lambda *args: lost)
     r = run(warm_service, "print('delivered elsewhere')")
     assert (r.status, r.stdout, r.warm) == ("success", "delivered elsewhere\n", False)
+
+
+def wait_language_warm(
+    svc: ExecutionService, expected: dict[str, int], timeout: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        languages = svc.pool_stats()["languages"]
+        if all(languages[name]["warm"] == n for name, n in expected.items()):
+            return
+        assert time.monotonic() < deadline, f"pool never reached {expected}: {languages}"
+        time.sleep(0.1)
+
+
+def test_the_budget_follows_the_languages_in_use(settings, raw_docker):
+    svc = ExecutionService(replace(settings, pool_size=2, pool_refill_concurrency=2))
+    svc.start()
+    try:
+        wait_language_warm(svc, {"python": 2, "javascript": 0})  # no demand yet: the default
+        js = RunRequest(
+            code="console.log(6 * 7)", language="javascript", limits=default_limits(svc.settings)
+        )
+        first = svc.run(js, "44444444-4444-4444-8444-444444444444")
+        assert (first.status, first.stdout, first.warm) == ("success", "42\n", False)
+        # Only JavaScript is in use now: Python shrinks to zero, JavaScript takes the budget.
+        wait_language_warm(svc, {"python": 0, "javascript": 2})
+        second = svc.run(js, "44444444-4444-4444-8444-444444444445")
+        assert (second.status, second.stdout, second.warm) == ("success", "42\n", True)
+        cold = run(svc, "print('cold again')")
+        assert (cold.stdout, cold.warm) == ("cold again\n", False)
+        wait_language_warm(svc, {"python": 1, "javascript": 1})
+        assert svc.pool_stats()["target"] == 2
+    finally:
+        svc.stop()
+    assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
+
+
+def test_a_worker_serves_only_the_languages_whose_images_its_engine_has(settings, raw_docker):
+    from tests.conftest import MISSING_IMAGE
+
+    svc = ExecutionService(replace(settings, python_image=MISSING_IMAGE, pool_size=1))
+    svc.start()
+    try:
+        assert "python" not in svc.served and "javascript" in svc.served
+        languages = svc.pool_stats()["languages"]
+        assert "python" not in languages and "javascript" in languages
+        wait_language_warm(svc, {"javascript": 1})  # the budget goes to what it serves
+    finally:
+        svc.stop()
+    assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []

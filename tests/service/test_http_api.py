@@ -146,11 +146,45 @@ def test_an_oversize_body_sent_whole_is_a_413(api: str):
     assert response.status_code == 413 and response.json()["status"] == 413
 
 
+def test_every_language_runs_end_to_end(api: str):
+    programs = {
+        "javascript": "console.log(6 * 7)",
+        "c": '#include <stdio.h>\nint main(void) { printf("%d\\n", 6 * 7); }',
+        "java": "class Main { public static void main(String[] a) { System.out.println(6 * 7); } }",
+    }
+    for language, code in programs.items():
+        response = post(f"{api}/execute", {"code": code, "language": language})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["status"], body["stdout"], body["language"]) == ("success", "42\n", language)
+        assert (body["compile"] is not None) == (language != "javascript")
+
+
+def test_an_approved_image_runs_and_an_unapproved_one_is_422(api: str):
+    from tests.conftest import APPROVED_IMAGE, UNAPPROVED_IMAGE
+
+    code = "import numpy\nprint(int(numpy.arange(4).sum()))"
+    response = post(f"{api}/execute", {"code": code, "image": APPROVED_IMAGE})
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["stdout"]) == ("success", "6\n")
+    assert response.json()["image"].startswith(f"{APPROVED_IMAGE}@sha256:")
+    refused = post(f"{api}/execute", {"code": "print(1)", "image": UNAPPROVED_IMAGE})
+    assert refused.status_code == 422 and "image" in refused.json()["errors"]
+    other_language = post(
+        f"{api}/execute", {"code": "print(1)", "language": "ruby", "image": APPROVED_IMAGE}
+    )
+    assert other_language.status_code == 422 and "image" in other_language.json()["errors"]
+
+
 def test_languages(api: str):
     response = requests.get(f"{api}/languages", timeout=10)
     assert response.status_code == 200
-    assert [lang["name"] for lang in response.json()] == ["python"]
-    assert all({"name", "version", "image"} <= set(lang) for lang in response.json())
+    names = [lang["name"] for lang in response.json()]
+    assert names == [
+        "python", "javascript", "typescript", "bash", "c", "cpp", "go", "java", "rust", "ruby",
+        "php", "csharp",
+    ]  # fmt: skip
+    assert all({"name", "version", "image", "compiled"} <= set(lang) for lang in response.json())
 
 
 def test_health_is_ok_and_cheap(api: str):
@@ -191,9 +225,12 @@ def test_status_is_flower_style_and_never_shows_code(api: str, main_logs: Callab
     (worker,) = [w for w in body["workers"] if w["instance"] == "pytest-worker"]
     assert worker["name"].startswith("pytest-worker@")
     assert worker["processed"] >= 1 and worker["active"] >= 0
-    assert set(worker["pool"]) == {"warm", "target"} and worker["pool"]["target"] == 1
+    assert set(worker["pool"]) == {"warm", "target", "languages"}
+    assert worker["pool"]["target"] == 1  # the budget, shared by the languages
+    assert sum(lang["target"] for lang in worker["pool"]["languages"].values()) == 1
     assert body["queue"] == {"depth": 0}
     assert body["pool"]["target"] >= 1
+    assert "python" in body["pool"]["languages"]  # the pool per language, over all workers
     counters = body["counters"]
     assert counters["executions"]["success"] >= 1 and counters["containers_created"] >= 1
     assert {"containers_removed", "containers_failed", "timeouts", "average_duration_ms"} <= set(

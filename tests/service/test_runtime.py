@@ -43,8 +43,8 @@ class FakeService:
         self.events("containers_removed", 1)
         return self.behaviour(request)
 
-    def pool_stats(self) -> dict[str, int]:
-        return {"warm": 2, "target": 3, "starting": 1}
+    def pool_stats(self) -> dict[str, Any]:
+        return {"warm": 2, "target": 3, "starting": 1, "languages": {"c": {"warm": 2}}}
 
 
 def outcome(
@@ -185,7 +185,7 @@ def test_heartbeats_carry_the_pool_and_the_counters(harness: Harness):
         return None
 
     seen = wait_until("a heartbeat with the run", beat_seen, 5)
-    assert seen["worker"]["pool"] == {"warm": 2, "target": 3}
+    assert seen["worker"]["pool"] == {"warm": 2, "target": 3, "languages": {"c": {"warm": 2}}}
     assert seen["worker"]["name"] == "fake@host"
     assert seen["counters"]["containers_created"] == 1
     assert seen["counters"]["containers_removed"] == 1

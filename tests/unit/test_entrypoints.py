@@ -86,3 +86,16 @@ def test_gunicorn_master_imports_nothing_that_gevent_must_patch_first():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_workers_and_the_api_agree_on_the_queues_of_each_language():
+    from executor.names import queue_for
+    from executor.tasks import worker_queues
+
+    everything = worker_queues(Settings())
+    assert everything[0] == "executor" and "executor.java" in everything and len(everything) == 13
+    some = worker_queues(Settings.from_env({"EXECUTOR_LANGUAGES": "c, cpp"}))
+    assert some == ["executor.c", "executor.cpp"]  # no shared queue: it serves only these
+    assert queue_for("java", False) == "executor"
+    routed = Settings.from_env({"EXECUTOR_ROUTE_BY_LANGUAGE": "1"})
+    assert queue_for("java", routed.route_by_language) == "executor.java"

@@ -119,9 +119,18 @@ def test_unknown_ids_are_404_without_asking_redis(client: FlaskClient):
 def test_languages(client: FlaskClient):
     response = client.get("/languages")
     assert response.status_code == 200
-    assert response.get_json() == [
-        {"name": "python", "version": "3.11", "image": SETTINGS.python_image}
-    ]
+    body = response.get_json()
+    assert [lang["name"] for lang in body] == [
+        "python", "javascript", "typescript", "bash", "c", "cpp", "go", "java", "rust", "ruby",
+        "php", "csharp",
+    ]  # fmt: skip
+    assert body[0] == {
+        "name": "python", "version": "3.11", "image": SETTINGS.python_image, "compiled": False,
+        "images": [],
+    }  # fmt: skip
+    compiled = {lang["name"] for lang in body if lang["compiled"]}
+    assert compiled == {"typescript", "c", "cpp", "go", "java", "rust", "csharp"}
+    assert all(lang["version"] and lang["image"] for lang in body)
 
 
 def test_the_spec_lists_the_surface_with_the_settings_bounds(client: FlaskClient):
