@@ -176,6 +176,16 @@ def test_an_approved_image_runs_and_an_unapproved_one_is_422(api: str):
     assert other_language.status_code == 422 and "image" in other_language.json()["errors"]
 
 
+def test_an_approved_image_that_is_missing_is_refused_with_a_clear_error(api: str):
+    from tests.conftest import MISSING_IMAGE
+
+    # Approved, but on no engine, and no registry answers here (or it has no such image).
+    response = post(f"{api}/execute", {"code": "print(1)", "image": MISSING_IMAGE})
+    assert response.status_code == 503, response.text
+    body = response.json()
+    assert body["code"] == "image_unavailable" and MISSING_IMAGE in body["message"]
+
+
 def test_languages(api: str):
     response = requests.get(f"{api}/languages", timeout=10)
     assert response.status_code == 200
