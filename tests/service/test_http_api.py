@@ -235,7 +235,7 @@ def test_status_is_flower_style_and_never_shows_code(api: str, main_logs: Callab
     (worker,) = [w for w in body["workers"] if w["instance"] == "pytest-worker"]
     assert worker["name"].startswith("pytest-worker@")
     assert worker["processed"] >= 1 and worker["active"] >= 0
-    assert set(worker["pool"]) == {"warm", "target", "languages"}
+    assert set(worker["pool"]) == {"warm", "starting", "target", "languages"}
     assert worker["pool"]["target"] == 1  # the budget, shared by the languages
     assert sum(lang["target"] for lang in worker["pool"]["languages"].values()) == 1
     assert body["queue"] == {"depth": 0}

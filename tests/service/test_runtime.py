@@ -185,7 +185,9 @@ def test_heartbeats_carry_the_pool_and_the_counters(harness: Harness):
         return None
 
     seen = wait_until("a heartbeat with the run", beat_seen, 5)
-    assert seen["worker"]["pool"] == {"warm": 2, "target": 3, "languages": {"c": {"warm": 2}}}
+    assert seen["worker"]["pool"] == {
+        "warm": 2, "starting": 1, "target": 3, "languages": {"c": {"warm": 2}}
+    }  # fmt: skip
     assert seen["worker"]["name"] == "fake@host"
     assert seen["counters"]["containers_created"] == 1
     assert seen["counters"]["containers_removed"] == 1
