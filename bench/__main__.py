@@ -8,7 +8,8 @@
 then throughput at several concurrencies (e against b), the memory of one idle pooled
 container, and the ratios the targets are stated in. First, a row per language (bench/languages.py):
 its naive path against our warm POST /execute, the service's own overhead, and the memory of an
-idle warm container of it. `--only python` or `--only languages` runs one part.
+idle warm container of it. `--only python` or `--only languages` runs one part, `--only baseline`
+just the side-by-side comparison with `--baseline DIR`.
 """
 
 from __future__ import annotations
@@ -251,7 +252,10 @@ def main() -> int:
     )
     parser.add_argument("--lang-n", type=int, default=10, help="runs per path per language")
     parser.add_argument(
-        "--only", choices=["all", "python", "languages"], default="all", help="which part to run"
+        "--only",
+        choices=["all", "python", "languages", "baseline"],
+        default="all",
+        help="which part to run (baseline: only the --baseline comparison)",
     )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -275,6 +279,11 @@ def main() -> int:
             )
             language_table(stack.api, args.upstream, settings, through_proxy, args.lang_n)
     if args.only == "languages":
+        return 0
+    if args.only == "baseline":
+        if not args.baseline:
+            parser.error("--only baseline needs --baseline DIR")
+        compare_with_baseline(args, n)
         return 0
 
     rows.append(row("(a) bare process: python3 -I -S -c 'print(1)'", timed(floor_once, n)))
