@@ -294,51 +294,46 @@ def main() -> int:
         through_proxy = replace(
             settings, docker_host=stack.docker_host, proxy_token=stack.proxy_token
         )
-        cold = ExecutionService(replace(through_proxy, pool_size=0))
-        warm = ExecutionService(replace(through_proxy, pool_size=2))
-        warm.start()
-        limits = default_limits(settings)
-        request = RunRequest(code=CODE, limits=limits)
+        request = RunRequest(code=CODE, limits=default_limits(settings))
 
-        def run_on(svc: ExecutionService) -> Callable[[], None]:
-            def call() -> None:
-                result = svc.run(request, "bench")
-                assert result.stdout == "1\n", result
+        def sandbox_rows(sandbox_settings: Settings, cold_name: str, warm_name: str) -> int:
+            """A cold and a warm row of the sandbox under `sandbox_settings`; the memory of
+            an idle warm container."""
+            cold = ExecutionService(replace(sandbox_settings, pool_size=0))
+            warm = ExecutionService(replace(sandbox_settings, pool_size=2))
+            warm.start()
 
-            return call
+            def run_on(svc: ExecutionService) -> Callable[[], None]:
+                def call() -> None:
+                    result = svc.run(request, "bench")
+                    assert result.stdout == "1\n", result
 
-        run_on(cold)()
-        rows.append(row("(c) our sandbox, cold (through the proxy)", timed(run_on(cold), n)))
+                return call
 
-        def settle() -> None:
-            wait_warm(warm, 2)
-            time.sleep(0.3)
-
-        rows.append(
-            row("(d) our sandbox, warm (through the proxy)", timed(run_on(warm), n, settle))
-        )
-        memory = idle_pool_memory(warm, raw)
-        warm.stop()
-        cold.stop()
-
-        # The same two rows under gVisor, where the engine has it registered.
-        if "runsc" in (raw.info().get("Runtimes") or {}):
-            gvisor = replace(through_proxy, runtime="runsc")
-            cold_runsc = ExecutionService(replace(gvisor, pool_size=0))
-            warm_runsc = ExecutionService(replace(gvisor, pool_size=2))
-            warm_runsc.start()
-            run_on(cold_runsc)()
-            rows.append(row("(c') our sandbox, cold, runsc", timed(run_on(cold_runsc), n)))
-
-            def settle_runsc() -> None:
-                wait_warm(warm_runsc, 2)
+            def settle() -> None:
+                wait_warm(warm, 2)
                 time.sleep(0.3)
 
-            rows.append(
-                row("(d') our sandbox, warm, runsc", timed(run_on(warm_runsc), n, settle_runsc))
+            run_on(cold)()
+            rows.append(row(cold_name, timed(run_on(cold), n)))
+            rows.append(row(warm_name, timed(run_on(warm), n, settle)))
+            idle = idle_pool_memory(warm, raw)
+            warm.stop()
+            cold.stop()
+            return idle
+
+        memory = sandbox_rows(
+            through_proxy,
+            "(c) our sandbox, cold (through the proxy)",
+            "(d) our sandbox, warm (through the proxy)",
+        )
+        # The same two rows under gVisor, where the engine has it registered.
+        if "runsc" in (raw.info().get("Runtimes") or {}):
+            sandbox_rows(
+                replace(through_proxy, runtime="runsc"),
+                "(c') our sandbox, cold, runsc",
+                "(d') our sandbox, warm, runsc",
             )
-            warm_runsc.stop()
-            cold_runsc.stop()
 
         api = Api(stack.api)
         api.once()
