@@ -95,6 +95,9 @@ def running_stack(
         "EXECUTOR_POOL_SIZE": str(pool_size),
         "EXECUTOR_CONCURRENCY": str(concurrency),
         "EXECUTOR_LOG_LEVEL": "WARNING",
+        # Beside a `make up` stack: no second metrics port or worker endpoint on the defaults.
+        "PROXY_METRICS_LISTEN": "",
+        "EXECUTOR_MONITOR_PORT": "0",
         "PYTHONPATH": str(root),
         **(extra_env or {}),
     }
