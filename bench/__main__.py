@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import docker
 
 from bench.languages import language_table
+from bench.naive import BENCH_LABEL, naive_run
 from bench.stack import running_stack
 from executor.config import Settings
 from executor.models import RunRequest
@@ -38,7 +39,6 @@ from executor.sandbox import default_limits
 from executor.service import ExecutionService
 
 CODE = "print(1)"
-BENCH_LABEL = "io.executor.bench"
 
 
 def pct(samples: list[float]) -> tuple[float, float, float]:
@@ -77,35 +77,8 @@ class Naive:
 
     def once(self) -> None:
         s = self.settings
-        container = self.client.containers.create(
-            s.python_image,
-            ["python3", "-c", CODE],
-            user="10001:10001",
-            working_dir="/tmp",
-            network_disabled=True,
-            network_mode="none",
-            read_only=True,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={s.tmpfs_mb}m,mode=1777"},
-            mem_limit=f"{s.default_memory_mb}m",
-            memswap_limit=f"{s.default_memory_mb}m",
-            nano_cpus=round(s.default_cpus * 1e9),
-            pids_limit=s.pids_limit,
-            security_opt=["no-new-privileges"],
-            cap_drop=["ALL"],
-            ulimits=[
-                docker.types.Ulimit(name="nofile", soft=s.nofile_limit, hard=s.nofile_limit),
-                docker.types.Ulimit(name="core", soft=0, hard=0),
-            ],
-            init=True,
-            labels={BENCH_LABEL: "naive"},
-        )
-        try:
-            container.start()
-            container.wait(timeout=60)
-            out = container.logs(stdout=True, stderr=False)
-            assert out == b"1\n", out
-        finally:
-            container.remove(force=True)
+        out, _ = naive_run(self.client, s, s.python_image, ["python3", "-c", CODE])
+        assert out == b"1\n", out
 
 
 class Api:

@@ -18,12 +18,11 @@ from urllib.parse import urlsplit
 
 import docker
 
+from bench.naive import BENCH_LABEL, naive_run
 from executor.config import Settings
 from executor.languages import REGISTRY, steps
 from executor.models import Language
 from executor.service import ExecutionService
-
-BENCH_LABEL = "io.executor.bench"
 
 HELLO: dict[str, str] = {
     "python": "print(1)",
@@ -52,37 +51,12 @@ def naive_once(client: docker.DockerClient, settings: Settings, language: Langua
     if program.compile:
         script += shlex.join(program.compile) + " && "
     script += shlex.join(program.run)
-    container = client.containers.create(
-        language.image,
-        ["sh", "-c", script],
-        user="10001:10001",
-        working_dir="/tmp",
-        environment=[f"{k}={v}" for k, v in program.env],
-        network_disabled=True,
-        network_mode="none",
-        read_only=True,
-        # exec: the naive path runs its build product from /tmp directly
-        tmpfs={"/tmp": f"rw,exec,nosuid,nodev,size={s.tmpfs_mb}m,mode=1777"},
-        mem_limit=f"{s.default_memory_mb}m",
-        memswap_limit=f"{s.default_memory_mb}m",
-        nano_cpus=round(s.default_cpus * 1e9),
-        pids_limit=s.pids_limit,
-        security_opt=["no-new-privileges"],
-        cap_drop=["ALL"],
-        ulimits=[
-            docker.types.Ulimit(name="nofile", soft=s.nofile_limit, hard=s.nofile_limit),
-            docker.types.Ulimit(name="core", soft=0, hard=0),
-        ],
-        init=True,
-        labels={BENCH_LABEL: "naive"},
-    )
-    try:
-        container.start()
-        container.wait(timeout=120)
-        out = container.logs(stdout=True, stderr=False)
-        assert out == b"1\n", (language.name, out, container.logs(stdout=False, stderr=True))
-    finally:
-        container.remove(force=True)
+    # exec: the naive path runs its build product from /tmp directly
+    out, err = naive_run(
+        client, settings, language.image, ["sh", "-c", script], env=program.env,
+        exec_tmpfs=True, timeout=120,
+    )  # fmt: skip
+    assert out == b"1\n", (language.name, out, err)
 
 
 @dataclass
