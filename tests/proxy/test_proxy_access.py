@@ -12,7 +12,6 @@ import json
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -55,7 +54,7 @@ from proxy_helpers import (
 from executor.config import Settings
 from executor.engine import Engine
 from executor.errors import PolicyRefused, UidInUse
-from executor.policy import SANDBOX_LABEL_FILTER, Rules, profile_name, sandbox_config
+from executor.policy import SANDBOX_LABEL_FILTER, Rules
 from tests.conftest import DOCKER_SOCKET, free_port
 
 pytestmark = pytest.mark.docker
@@ -515,29 +514,15 @@ def test_an_engine_down_at_start_is_read_once_it_is_up(tmp_path: Path, rules: Ru
 # -- the worker's own Engine through the proxy --------------------------------------------------
 
 
-def _config(engine: Engine, rules: Rules, image: str, uid: int) -> dict[str, Any]:
-    return sandbox_config(
-        image=image,
-        memory_mb=64,
-        cpus=0.25,
-        pids=rules.max_pids,
-        tmpfs_mb=16,
-        nofile=rules.nofile,
-        runtime="",
-        uid=uid,
-        worker=engine.identity,
-        execution=str(uuid.uuid4()),
-        profile=profile_name(rules.images[image], 64, 0.25),
-    )
-
-
 def test_the_workers_engine_runs_a_sandbox_through_the_proxy(
     settings: Settings, rules: Rules, image: str, raw_docker: docker.DockerClient
 ) -> None:
     engine, other = Engine(settings), Engine(settings)  # two worker processes, one secret
     assert engine.identity != other.identity
     engine.ping()
-    container = engine.create(_config(engine, rules, image, random_uid(rules)))
+    container = engine.create(
+        sandbox_body(rules, image, uid=random_uid(rules), worker=engine.identity)
+    )
     try:
         with pytest.raises(PolicyRefused, match="only the worker that created"):
             other.attach(container)
@@ -568,13 +553,13 @@ def test_the_workers_engine_draws_again_on_a_held_uid(
 ) -> None:
     engine, other = Engine(settings), Engine(settings)
     uid = random_uid(rules)
-    first = engine.create(_config(engine, rules, image, uid))
+    first = engine.create(sandbox_body(rules, image, uid=uid, worker=engine.identity))
     second = ""
     try:
         with pytest.raises(UidInUse, match=f"uid {uid} is held"):
-            other.create(_config(other, rules, image, uid))
+            other.create(sandbox_body(rules, image, uid=uid, worker=other.identity))
         engine.remove(first)
-        second = other.create(_config(other, rules, image, uid))
+        second = other.create(sandbox_body(rules, image, uid=uid, worker=other.identity))
         other.remove(second)
     finally:
         force_remove(raw_docker, first)
@@ -599,7 +584,7 @@ def test_a_worker_without_the_secret_is_refused(
         with pytest.raises(PolicyRefused, match="did not accept this worker's credential"):
             engine.ping()
         with pytest.raises(PolicyRefused, match="credential"):
-            engine.create(_config(engine, rules, image, random_uid(rules)))
+            engine.create(sandbox_body(rules, image, uid=random_uid(rules), worker=engine.identity))
         with pytest.raises(PolicyRefused, match="refused to attach"):
             engine.attach(mine)
         with pytest.raises(PolicyRefused, match="credential"):
