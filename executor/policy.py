@@ -45,11 +45,15 @@ _UID = re.compile(r"[1-9][0-9]{0,9}")
 
 
 # gVisor's kernel runs as threads of the sandbox's own host processes, and the container's
-# task limit counts them (about 40 at rest, about 5 more per program process): under runsc the
-# limit leaves them room, and the program's processes are held by RLIMIT_NPROC instead, which
-# the runner sets for the program's uid (its own, so the count is this sandbox's alone).
-RUNSC_TASKS_BASE = 64
-RUNSC_TASKS_PER_PROCESS = 6
+# task limit counts them: about 40 at rest and, measured with a fork bomb held at 64, up to
+# about 8 more per program process (the ptrace platform keeps a host process per address space
+# and a host thread per task in each). When the limit bites, the sentry cannot make the threads
+# it needs to tear an address space down: it panics, and runsc's kill and delete then hang for
+# 30 s. So under runsc the limit leaves it ample room, and the program's processes are held by
+# RLIMIT_NPROC instead, which the runner sets for the program's uid (its own, so the count is
+# this sandbox's alone).
+RUNSC_TASKS_BASE = 128
+RUNSC_TASKS_PER_PROCESS = 12
 
 
 def container_tasks(pids: int, runtime: str) -> int:

@@ -513,6 +513,32 @@ def _reap(pid):
             status = raw
 
 
+def _end_everything(within=2.0):
+    """Kill and reap every process left in the container before the runner exits.
+
+    Under runc the kernel does this when PID 1 exits; under gVisor the sandbox was seen to
+    live on until the program's last detached process ended by itself (a fork bomb's sleepers
+    held a container, and the engine's kill of it, for 30 s). As PID 1 we may signal every
+    process in the namespace (kill(-1) spares only ourselves) and every orphan is our child,
+    so kill until nothing is left to reap: a process forked while the signal went round is
+    caught by the next one. Only ever as PID 1: anywhere else kill(-1) would reach the host.
+    """
+    if os.getpid() != 1:
+        return
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(-1, _signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            return
+        time.sleep(0.001)
+
+
 def _kill_group(pid):
     for kill in (os.killpg, os.kill):
         try:
@@ -609,7 +635,9 @@ if __name__ == "__main__":
     except _Inline as child:
         inline = (child.path, child.args_)  # run it outside this handler: no __context__
     except (WorkerGone, EOFError):
+        _end_everything()
         os._exit(3)  # nobody is listening: end the container and everything in it
     if inline is not None:
         _child_inline(*inline)  # in the program's process; never returns
+    _end_everything()
     os._exit(0)  # the reply is sent: end the container now, skip interpreter teardown

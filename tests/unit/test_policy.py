@@ -8,7 +8,14 @@ import json
 import pytest
 
 from executor.config import Settings
-from executor.policy import Rules, check_create, profile_name, sandbox_config
+from executor.policy import (
+    RUNSC_TASKS_BASE,
+    RUNSC_TASKS_PER_PROCESS,
+    Rules,
+    check_create,
+    profile_name,
+    sandbox_config,
+)
 
 RULES = Rules.from_settings(Settings())
 CLIENT = "w:1:0123abcd"  # the authenticated worker that sends the create
@@ -155,12 +162,14 @@ def test_every_uid_of_the_range_and_none_outside_it():
 
 def test_under_runsc_the_task_limit_leaves_gvisor_room_and_stands_for_the_same_processes():
     runsc = body(runtime="runsc", pids=64)
-    assert runsc["HostConfig"]["PidsLimit"] == 64 + 6 * 64
+    room = RUNSC_TASKS_BASE + RUNSC_TASKS_PER_PROCESS * 64
+    assert runsc["HostConfig"]["PidsLimit"] == room
+    assert room >= 64 + 8 * 64  # measured: a fork bomb held at 64 peaks near 490 host tasks
     assert check_create(runsc, RULES, CLIENT) == []
-    for tasks in (64, 64 + 6 * 64 + 1, 64 + 6 * 65, 10**6):
+    for tasks in (64, room + 1, room + RUNSC_TASKS_PER_PROCESS, 10**6):
         changed = copy.deepcopy(runsc)
         changed["HostConfig"]["PidsLimit"] = tasks
         assert check_create(changed, RULES, CLIENT) != [], tasks
     loose = body(pids=64)
-    loose["HostConfig"]["PidsLimit"] = 64 + 6 * 64  # gVisor's room, asked for under runc
+    loose["HostConfig"]["PidsLimit"] = room  # gVisor's room, asked for under runc
     assert check_create(loose, RULES, CLIENT) != []
