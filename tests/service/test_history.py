@@ -253,7 +253,5 @@ def test_get_executions_takes_500_items(api: str):
 
 def test_an_iso_time_without_offset_is_utc(api: str):
     future = datetime.now(UTC).replace(tzinfo=None, year=datetime.now(UTC).year + 1)
-    response = requests.get(
-        f"{api}/executions", params={"since": future.isoformat()}, timeout=30
-    )
+    response = requests.get(f"{api}/executions", params={"since": future.isoformat()}, timeout=30)
     assert response.status_code == 200 and response.json() == {"items": [], "next": None}
