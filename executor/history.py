@@ -45,9 +45,9 @@ from executor.names import HISTORY, HISTORY_BY, HISTORY_FIELDS, RECORD
 # What a history item leaves out of a result: the captured output (GET /executions/{id} has it).
 HIDDEN = ("stdout", "stderr", "files")
 BUDGET = 5000  # index entries one page may look at
-CHUNK = 200  # entries fetched per round trip (at least limit + 1)
+CHUNK = 200  # entries a walk with several filters fetches first (doubling after)
 PENDING = ("queued", "running")
-_ROW = ("status", "language", "worker", "owner", "created_at", "summary")
+_ROW = ("status", "language", "worker", "created_at", "summary")  # what an item is made of
 
 _INDEX = """
 local rec = KEYS[1]
@@ -166,13 +166,17 @@ class History:
         return key if count else None
 
     def _walk(self, key: str, query: HistoryQuery, low: float, high: float) -> HistoryPage:
-        after, limit = query.after, query.limit
-        found: list[tuple[Position, list[str | None]]] = []
+        """Walk `key` newest first, checking each entry's record against every filter (the
+        record is the truth: an index may still hold an entry that moved on)."""
+        after, limit, filters = query.after, query.limit, query.filters
+        checked = ("status", *(name for name in filters if name != "status"))
+        found: list[Position] = []
         seen: set[str] = set()
         gone: list[str] = []
         last: Position | None = None
         offset = examined = 0
-        chunk = max(CHUNK, limit + 1)
+        # One filter or none: nearly every entry matches, so fetch just what the page needs.
+        chunk = limit + 1 if len(filters) <= 1 else max(CHUNK, limit + 1)
         try:
             while True:
                 entries = cast(
@@ -190,7 +194,7 @@ class History:
                 ]
                 pipe = self._redis.pipeline(transaction=False)
                 for position in fresh:
-                    pipe.hmget(RECORD + position.id, *_ROW)
+                    pipe.hmget(RECORD + position.id, *checked)
                 rows = pipe.execute() if fresh else []
                 for position, row in zip(fresh, rows, strict=True):
                     seen.add(position.id)
@@ -198,16 +202,15 @@ class History:
                     last = position
                     if row[0] is None:
                         gone.append(position.id)
-                    elif all(
-                        row[_ROW.index(name)] == value for name, value in query.filters.items()
-                    ):
-                        found.append((position, row))
+                    elif all(row[checked.index(name)] == filters[name] for name in filters):
+                        found.append(position)
                         if len(found) > limit:  # one more than the page: there is a next
-                            return self._page(found[:limit], found[limit - 1][0])
+                            return self._page(found[:limit], found[limit - 1])
                 if len(entries) < chunk:
                     return self._page(found, None)
                 if examined >= BUDGET:
                     return self._page(found, last)
+                chunk = min(2 * chunk, 2000)
         finally:
             if gone:
                 pipe = self._redis.pipeline(transaction=False)
@@ -215,15 +218,20 @@ class History:
                 pipe.zrem(HISTORY, *gone)
                 pipe.execute()
 
-    def _page(
-        self, found: list[tuple[Position, list[str | None]]], next_at: Position | None
-    ) -> HistoryPage:
-        """The items of `found` rows: the stored summary, or the result without HIDDEN (a
-        record finished by a writer that stored no summary), or the pending state."""
+    def _page(self, found: list[Position], next_at: Position | None) -> HistoryPage:
+        """The items of `found`: each record's stored summary, or its result without HIDDEN (a
+        record finished by a writer that stored no summary), or its pending state."""
+        pipe = self._redis.pipeline(transaction=False)
+        for position in found:
+            pipe.hmget(RECORD + position.id, *_ROW)
+        rows = pipe.execute() if found else []
         items: list[dict[str, Any]] = []
         missing: list[int] = []
-        for position, row in found:
-            status, language, worker, _, created_at, stored = row
+        for position, (status, language, worker, created_at, stored) in zip(
+            found, rows, strict=True
+        ):
+            if status is None:  # expired since the walk looked at it
+                continue
             if stored:
                 items.append(json.loads(stored))
             elif status in PENDING:
