@@ -60,6 +60,11 @@ def create_app(
     auth.install(app, settings)  # first: every later hook and view knows the caller
 
     api = ExecutorApi(app)
+    if auth.Keys.from_settings(settings).enabled:  # every operation but /health needs a key
+        api.spec.components.security_scheme(
+            auth.SECURITY_SCHEME, {"type": "http", "scheme": "bearer"}
+        )
+        api.spec.options["security"] = [{auth.SECURITY_SCHEME: []}]
     failed = schemas.ExecutionFailedSchema  # sent in place of a result; no view names it
     api.spec.components.schema(executions.schema_name(failed), schema=failed)
     api.register_blueprint(executions.blueprint(requests))

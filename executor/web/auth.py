@@ -42,6 +42,7 @@ OPEN_PATHS = frozenset({"/health"})  # probes need no key
 OPERATOR_PATHS = frozenset({"/status", "/metrics", "/", "/dashboard"})
 OPERATOR_PREFIXES = ("/dashboard/",)
 KEY_ID_CHARS = 16
+SECURITY_SCHEME = "apiKey"  # the OpenAPI document's name for the Bearer key
 _BEARER = "bearer "
 
 
