@@ -129,6 +129,7 @@ def fill(url: str, count: int, rng: random.Random) -> None:
                 language, status = _weighted(LANGUAGES, rng), _weighted(STATUSES, rng)
                 worker, owner = rng.choice(WORKERS), rng.choice(OWNERS)
                 body = result(execution_id, language, status, worker, created)
+                text = json.dumps(body)
                 key = RECORD + execution_id
                 pipe.hset(
                     key,
@@ -142,9 +143,9 @@ def fill(url: str, count: int, rng: random.Random) -> None:
                         "incarnation": f"{worker}:1:abcdef",
                         "started": repr(created + 0.003),
                         "owner": owner,
-                        "result": json.dumps(body),
+                        "result": text,
                         "duration_ms": "42",
-                        "summary": summary(body),
+                        **({"summary": kept} if (kept := summary(body, text)) else {}),
                     },
                 )
                 pipe.expire(key, TTL_S)

@@ -47,7 +47,9 @@ HIDDEN = ("stdout", "stderr", "files")
 BUDGET = 5000  # index entries one page may look at
 CHUNK = 200  # entries a walk with several filters fetches first (doubling after)
 PENDING = ("queued", "running")
-_ROW = ("status", "language", "worker", "created_at", "summary")  # what an item is made of
+# A finished record keeps its item apart (`summary`) only when leaving the output out saves
+# more than this many bytes per read; else an item is read from its result.
+SUMMARY_SAVING = 1024
 
 _INDEX = """
 local rec = KEYS[1]
@@ -100,9 +102,30 @@ def index_key(name: str, value: str) -> str:
     return f"{HISTORY_BY}{name}:{value}"
 
 
-def summary(payload: Mapping[str, Any]) -> str:
-    """A finished execution's history item: its result without HIDDEN, as stored JSON."""
-    return json.dumps({k: v for k, v in payload.items() if k not in HIDDEN})
+# Per id: status, language, worker, created_at, and the item's JSON: the summary where the
+# record keeps one, else the result (nil while pending).
+_ITEMS = """
+local out = {}
+for i = 2, #ARGV do
+  local rec = ARGV[1] .. ARGV[i]
+  local row = redis.call('HMGET', rec, 'status', 'language', 'worker', 'created_at', 'summary')
+  if row[1] and not row[5] then row[5] = redis.call('HGET', rec, 'result') end
+  out[#out + 1] = row
+end
+return out
+"""
+
+
+def item(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished execution's history item: its result without HIDDEN."""
+    return {k: v for k, v in payload.items() if k not in HIDDEN}
+
+
+def summary(payload: Mapping[str, Any], result: str) -> str:
+    """What a record keeps as its item beside `result` (its payload's JSON): the item's JSON
+    when that saves more than SUMMARY_SAVING bytes per read, else "" (read the result)."""
+    text = json.dumps(item(payload))
+    return text if len(result) - len(text) > SUMMARY_SAVING else ""
 
 
 @dataclass(frozen=True)
@@ -141,6 +164,7 @@ class History:
         self.ttl_s = ttl_s
         self._index = client.register_script(_INDEX)
         self._match = client.register_script(_MATCH)
+        self._items = client.register_script(_ITEMS)
 
     def index(self, execution_id: str, summary: str = "") -> None:
         """Bring `execution_id`'s memberships up to date with its record (and store its
@@ -240,37 +264,22 @@ class History:
                 pipe.execute()
 
     def _page(self, found: list[Position], next_at: Position | None) -> HistoryPage:
-        """The items of `found`: each record's stored summary, or its result without HIDDEN (a
-        record finished by a writer that stored no summary), or its pending state."""
-        pipe = self._redis.pipeline(transaction=False)
-        for position in found:
-            pipe.hmget(RECORD + position.id, *_ROW)
-        rows = pipe.execute() if found else []
+        """The items of `found`: each finished record's result without HIDDEN (its summary when
+        it keeps one), or its pending state."""
+        rows = cast(list[list[str | None]], self._items([], [RECORD, *(p.id for p in found)]))
         items: list[dict[str, Any]] = []
-        missing: list[int] = []
-        for position, (status, language, worker, created_at, stored) in zip(
-            found, rows, strict=True
-        ):
+        for position, row in zip(found, rows if found else [], strict=True):
+            status, language, worker, created_at, text = (row + [None] * 5)[:5]
             if status is None:  # expired since the walk looked at it
                 continue
-            if stored:
-                items.append(json.loads(stored))
-            elif status in PENDING:
-                item = {"id": position.id, "status": status, "language": language}
-                item["created_at"] = created_at
-                if worker:
-                    item["worker"] = worker
-                items.append(item)
+            if text and status not in PENDING:
+                items.append(item(json.loads(text)))
             else:
-                missing.append(len(items))
-                items.append({"id": position.id, "status": status})
-        if missing:
-            pipe = self._redis.pipeline(transaction=False)
-            for i in missing:
-                pipe.hget(RECORD + items[i]["id"], "result")
-            for i, result in zip(missing, pipe.execute(), strict=True):
-                if result:
-                    items[i] = json.loads(summary(json.loads(result)))
+                pending = {"id": position.id, "status": status, "language": language}
+                pending["created_at"] = created_at
+                if worker:
+                    pending["worker"] = worker
+                items.append(pending)
         return HistoryPage(items, next_at)
 
 

@@ -16,7 +16,8 @@ Everything here is shared by every API and worker process. Keys (all under ``exe
                      (executor.history; every transition below re-indexes its record)
 
 A record's `owner` field is the id of the API key that submitted it (executor.web.auth), never
-the key; `summary` is its history item once finished (the result without its output).
+the key; `summary` is its history item once finished (the result without its output), kept
+only when the output is large enough for that to matter (executor.history.summary).
 
 A record moves queued -> running -> finished (a status of the contract, or internal_error);
 each step is one Lua script, so a record is never half written and a finish is applied only by
@@ -468,7 +469,7 @@ class Store:
         with self._translated("store a result"):
             stored = bool(self._finish(keys, args))
             if stored:
-                self._history.index(execution_id, summary(payload))
+                self._history.index(execution_id, summary(payload, str(args[3])))
             return stored
 
     def sweep_lost(self) -> list[str]:

@@ -84,6 +84,23 @@ def test_the_history_is_newest_first_and_items_carry_no_output(store: Store):
         assert not {"stdout", "stderr", "files"} & set(item)
 
 
+def test_a_large_output_is_kept_apart_from_the_item(store: Store):
+    inc = alive(store)
+    execution_id = str(uuid.uuid4())
+    store.submit(execution_id, "python", max_queue=10)
+    store.claim(execution_id, "python", inc, "w1")
+    payload = {"id": execution_id, "status": "success", "stdout": "x" * 5000, "stderr": ""}
+    assert store.finish(execution_id, inc, payload)
+    # The record keeps the item apart, so a page never reads the output.
+    assert store.redis.hget(f"executor:execution:{execution_id}", "summary")
+    small = run(store)
+    assert not store.redis.hget(f"executor:execution:{small}", "summary")
+    items = store.history(HistoryQuery()).items
+    assert [i["id"] for i in items] == [small, execution_id]
+    assert items[1] == {"id": execution_id, "status": "success"}
+    assert items[0]["duration_ms"] == 5 and "stdout" not in items[0]
+
+
 def test_each_filter_selects_its_executions(store: Store):
     py_ok = run(store, language="python", status="success", worker="w1")
     sh_err = run(store, language="bash", status="error", worker="w2")
