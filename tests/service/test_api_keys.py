@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,3 +178,66 @@ def test_the_rate_limit_holds_across_api_processes(limited_apis: list[str]):
     assert requests.get(f"{first}/languages", headers=auth(BOB), timeout=30).status_code == 200
     for _ in range(3):  # 503: no worker serves this database
         assert requests.get(f"{first}/health", timeout=60).status_code == 503
+
+
+@pytest.fixture
+def stalled_redis() -> Iterator[str]:
+    """A Redis address that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_the_limiter_waits_on_redis_without_blocking_its_process(
+    stalled_redis: str, logdir: Path, docker_host: str
+):
+    """One gevent API process: while the limiter waits on a Redis that never answers, the same
+    process answers another request (a blocking client would hold it until its timeout: with
+    GUNICORN_WORKER_CLASS=gthread and one thread this test fails)."""
+    port = free_port()
+    env = {
+        "REDIS_URL": stalled_redis,
+        "DOCKER_HOST": docker_host,
+        "EXECUTOR_API_KEYS": ALICE,
+        "EXECUTOR_RATE_LIMIT": "100/minute",
+        "GUNICORN_WORKERS": "1",
+    }
+    argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "api:app"]
+    process = spawn("api-stalled-limiter", argv, env, logdir)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until("the API answering", lambda: _answers(base, process), 60)
+        finished: list[str] = []
+
+        def counted() -> None:  # the limiter's count waits on the stalled Redis
+            requests.get(f"{base}/languages", headers=auth(ALICE), timeout=60)
+            finished.append("counted")
+
+        waiting = threading.Thread(target=counted)
+        waiting.start()
+        time.sleep(0.5)  # the counted request is in the limiter now
+        assert requests.get(f"{base}/languages", timeout=60).status_code == 401
+        finished.append("other")
+        waiting.join(60)
+        assert finished == ["other", "counted"]
+    finally:
+        process.stop()
