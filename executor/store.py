@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -64,6 +65,8 @@ from executor.names import (
     WORKER,
     WORKERS,
 )
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_S = 6  # a worker silent for this long is taken for dead
@@ -316,8 +319,8 @@ class Store:
             outcome, depth = self._submit(
                 keys, [*args, max_queue, WORKER, metrics.SUBMITTED, owner]
             )
-            if outcome == "ok":
-                self._history.index(execution_id)
+        if outcome == "ok":
+            self._index(execution_id)
         if outcome == "full":
             raise QueueFull(f"{depth} executions are waiting (EXECUTOR_MAX_QUEUE is {max_queue})")
         if outcome == "no_workers":
@@ -425,9 +428,8 @@ class Store:
         ]
         with self._translated("claim an execution"):
             reply = self._claim(keys, [*args, self.history_size, language, metrics.SUBMITTED])
-            if reply[0] == "claimed":
-                self._history.index(execution_id)
         if reply[0] == "claimed":
+            self._index(execution_id)
             return Claim(True, "running", now, float(reply[1]), str(reply[2]), incarnation)
         payload = json.loads(reply[2]) if reply[2] else None
         return Claim(False, str(reply[0]), incarnation=str(reply[1]), payload=payload)
@@ -468,9 +470,9 @@ class Store:
         ]
         with self._translated("store a result"):
             stored = bool(self._finish(keys, args))
-            if stored:
-                self._history.index(execution_id, summary(payload, str(args[3])))
-            return stored
+        if stored:
+            self._index(execution_id, summary(payload, str(args[3])))
+        return stored
 
     def sweep_lost(self) -> list[str]:
         """Finish as internal_error every running execution whose worker stopped beating."""
@@ -483,11 +485,19 @@ class Store:
         with self._translated("look for lost executions"):
             args += [self.ttl_s, DONE_TTL_S, LOST_MESSAGE, metrics.executions("internal_error")]
             lost = cast(list[str], self._sweep(keys, [*args, FINISHED]))
-            for execution_id in lost:
-                self._history.index(execution_id)
-            return lost
+        for execution_id in lost:
+            self._index(execution_id)
+        return lost
 
     # -- history ---------------------------------------------------------------------------
+
+    def _index(self, execution_id: str, item: str = "") -> None:
+        """Re-index after a transition that took place: a failure here leaves the execution
+        out of some history listings, never fails the transition (logged instead)."""
+        try:
+            self._history.index(execution_id, item)
+        except redis.RedisError as e:
+            log.warning("execution %s: not indexed in the history: %s", execution_id, e)
 
     def index_history(self, execution_id: str) -> None:
         """Re-index `execution_id` in the history after a change of its record's status,
