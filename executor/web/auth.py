@@ -71,7 +71,8 @@ class Caller:
         return self.sees_all or hmac.compare_digest(record.owner, self.owner)
 
 
-OPEN = Caller(None, operator=True)
+OPEN = Caller(None, operator=True)  # keys off: everyone
+ANONYMOUS = Caller("anonymous", operator=False)  # keys on, an open path: owns nothing, sees none
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,10 @@ def install(app: Flask, settings: Settings) -> Limiter | None:
 
     @app.before_request
     def authenticate() -> None:
-        if not keys.enabled or request.path in OPEN_PATHS:
+        if not keys.enabled:
+            return
+        if request.path in OPEN_PATHS:
+            g.executor_caller = ANONYMOUS
             return
         presented = _presented_key()
         if presented is None:

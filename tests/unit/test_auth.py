@@ -11,7 +11,7 @@ from flask import Flask
 from executor.config import Settings, SettingsError
 from executor.store import Record, Store
 from executor.web import create_app
-from executor.web.auth import Caller, Keys, key_id
+from executor.web.auth import ANONYMOUS, Caller, Keys, key_id
 
 
 def settings(**env: str) -> Settings:
@@ -67,6 +67,7 @@ def test_a_caller_sees_its_own_records_and_an_operator_all():
     assert not alice.sees(producers)  # a producer's execution: operators only
     assert Caller(key_id("op"), True).sees(producers)
     assert Caller(None, True).sees(record)  # keys off
+    assert not ANONYMOUS.sees(record) and not ANONYMOUS.sees(producers)  # keys on, /health
 
 
 @pytest.fixture(scope="module")
