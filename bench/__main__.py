@@ -9,7 +9,8 @@ then throughput at several concurrencies (e against b), the memory of one idle p
 container, and the ratios the targets are stated in. First, a row per language (bench/languages.py):
 its naive path against our warm POST /execute, the service's own overhead, and the memory of an
 idle warm container of it. `--only python` or `--only languages` runs one part, `--only baseline`
-just the side-by-side comparison with `--baseline DIR`.
+just the side-by-side comparison with `--baseline DIR`, `--only history` GET /executions over
+10^5 and 10^6 synthetic records in a Redis of its own (bench/history.py; `--history-sizes`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 
 import docker
 
+from bench.history import run as history_bench
 from bench.languages import language_table
 from bench.naive import BENCH_LABEL, naive_run
 from bench.stack import running_stack
@@ -226,11 +228,17 @@ def main() -> int:
     parser.add_argument("--lang-n", type=int, default=10, help="runs per path per language")
     parser.add_argument(
         "--only",
-        choices=["all", "python", "languages", "baseline"],
+        choices=["all", "python", "languages", "baseline", "history"],
         default="all",
         help="which part to run (baseline: only the --baseline comparison)",
     )
+    parser.add_argument(
+        "--history-sizes", default="100000,1000000", help="record counts for --only history"
+    )
     args = parser.parse_args()
+    if args.only == "history":
+        history_bench([int(size) for size in args.history_sizes.split(",")], args.n)
+        return 0
     levels = [int(x) for x in args.levels.split(",")]
     n = args.n
 

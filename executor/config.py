@@ -77,6 +77,25 @@ def _names(name: str, raw: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in raw.split(",") if n.strip())
 
 
+def _secrets(name: str, raw: str) -> tuple[str, ...]:
+    """Comma- or newline-separated secrets (API keys); blanks are ignored."""
+    return tuple(k.strip() for k in re.split(r"[,\n]", raw) if k.strip())
+
+
+# Flask-Limiter's notation (its `limits` package's grammar), e.g. `120/minute`, `10 per second`,
+# several separated by `;` `,` or `|`. Checked here without importing it: gunicorn's master reads
+# the settings before gevent patches its workers.
+_ONE_LIMIT = r"\s*[0-9]+\s*(/|\s*per\s*)\s*[0-9]*\s*(second|minute|hour|day|month|year)s?\s*"
+_LIMITS = re.compile(rf"{_ONE_LIMIT}([,;|]{_ONE_LIMIT})*", re.IGNORECASE)
+
+
+def _rate_limit(name: str, raw: str) -> str:
+    """A rate limit as Flask-Limiter writes it, e.g. `120/minute` or `10/second;1000/hour`."""
+    if not _LIMITS.fullmatch(raw):
+        raise SettingsError(f"{name} must be a rate limit like 120/minute, got {raw!r}")
+    return raw.strip()
+
+
 def _flag(name: str, raw: str) -> bool:
     if raw not in ("0", "1"):
         raise SettingsError(f"{name} must be 0 or 1, got {raw!r}")
@@ -104,12 +123,16 @@ def _setting(
     parse: Parser,
     env_default: Callable[[], Any] | None = None,
     empty: Any = _UNSET,
+    *,
+    secret: bool = False,
 ) -> Any:
     """One row of the table: a field read from `variable` with `parse`; unset or empty gives
     `default` (or, from the environment, `env_default()`), except that with `empty` a variable
-    set to the empty string gives `empty` (a setting that empty turns off)."""
+    set to the empty string gives `empty` (a setting that empty turns off). A `secret` is left
+    out of the settings' repr."""
     return field(
         default=default,
+        repr=not secret,
         metadata={
             "variable": variable,
             "parse": parse,
@@ -209,6 +232,16 @@ class Settings:
     proxy_max_connections: int = _setting("PROXY_MAX_CONNECTIONS", 1024, _int(1))
     # The proxy's own /metrics (never on the Docker port); set to empty to turn it off.
     proxy_metrics_listen: str = _setting("PROXY_METRICS_LISTEN", "0.0.0.0:9102", _str, empty="")
+
+    # API keys (executor.web.auth): with any key set, every endpoint but /health needs one.
+    # A key is given in the variable or, one per line, in the file its *_FILE names.
+    api_keys: tuple[str, ...] = _setting("EXECUTOR_API_KEYS", (), _secrets, secret=True)
+    api_keys_file: str = _setting("EXECUTOR_API_KEYS_FILE", "", _str)
+    # Keys that may also read /status, /metrics, the operator's page and every execution.
+    operator_keys: tuple[str, ...] = _setting("EXECUTOR_OPERATOR_KEYS", (), _secrets, secret=True)
+    operator_keys_file: str = _setting("EXECUTOR_OPERATOR_KEYS_FILE", "", _str)
+    # Requests per key (per client address without keys), e.g. 120/minute; empty: no limit.
+    rate_limit: str = _setting("EXECUTOR_RATE_LIMIT", "", _rate_limit)
 
     log_level: str = _setting("EXECUTOR_LOG_LEVEL", "INFO", _upper)
 

@@ -8,8 +8,15 @@ message alone (``cls(str(exc))``), so errors cross the Celery boundary intact.
     ├── InvalidRequest               422 invalid_request  input that breaks the contract;
     │                                                     `errors` names each bad field
     ├── PayloadTooLarge              413 payload_too_large
-    ├── ExecutionNotFound            404 not_found        an id never submitted
+    ├── Unauthorized                 401 unauthorized     API keys are on and the request
+    │                                                     has no valid `Authorization: Bearer`
+    ├── Forbidden                    403 forbidden        a valid key that is not an operator
+    │                                                     key, on an operator's endpoint
+    ├── ExecutionNotFound            404 not_found        an id never submitted (or another
+    │                                                     key's execution)
     ├── QueueFull                    429 queue_full       back-pressure, retry later
+    ├── RateLimited                  429 rate_limited     this key's EXECUTOR_RATE_LIMIT is
+    │                                                     spent; retry after Retry-After
     ├── ServiceUnavailable           503 unavailable      a dependency is down, retry later
     │   ├── DockerUnavailable        503 docker_unavailable    names the address it tried
     │   ├── RedisUnavailable         503 redis_unavailable
@@ -68,6 +75,20 @@ class PayloadTooLarge(ExecutorError):
     code = "payload_too_large"
 
 
+class Unauthorized(ExecutorError):
+    """This endpoint needs an API key: send `Authorization: Bearer <key>`."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ExecutorError):
+    """This endpoint needs an operator key."""
+
+    status = 403
+    code = "forbidden"
+
+
 class ExecutionNotFound(ExecutorError):
     """No execution with this id was ever submitted (or its record has expired)."""
 
@@ -81,6 +102,20 @@ class QueueFull(ExecutorError):
     status = 429
     code = "queue_full"
     retry_after = 5
+
+
+class RateLimited(ExecutorError):
+    """This key sent more requests than EXECUTOR_RATE_LIMIT allows; retry later."""
+
+    status = 429
+    code = "rate_limited"
+    retry_after = 1
+
+    def __init__(
+        self, message: str = "", errors: dict[str, Any] | None = None, *, retry_after: int = 1
+    ) -> None:
+        super().__init__(message, errors)
+        self.retry_after = max(1, retry_after)  # seconds until the limit's window resets
 
 
 class ServiceUnavailable(ExecutorError):

@@ -44,3 +44,12 @@ FINISHED = PREFIX + "finished"  # pub/sub: the id of each execution that just fi
 COUNTERS = PREFIX + "counters"
 WORKER = PREFIX + "worker:"  # + incarnation
 WORKERS = PREFIX + "workers"
+
+# History (see executor.store): sorted sets of execution ids scored by their creation time,
+# one for all executions and one per filter value, e.g. executor:history:status:success,
+# executor:history:language:python, executor:history:worker:<HOSTNAME>,
+# executor:history:owner:<key id>.
+HISTORY = PREFIX + "history"
+HISTORY_BY = PREFIX + "history:"  # + field + ":" + value
+HISTORY_FIELDS = ("status", "language", "worker", "owner")
+RATE_LIMITS = PREFIX + "ratelimit"  # Flask-Limiter's key prefix (its counters, per API key)

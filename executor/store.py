@@ -11,6 +11,13 @@ Everything here is shared by every API and worker process. Keys (all under ``exe
     counters         hash: executions by status, containers, durations
     worker:<inc>     string: a worker incarnation's heartbeat (JSON), expiring HEARTBEAT_TTL_S
     workers          sorted set of incarnations that have beaten
+    history, history:<field>:<value>
+                     sorted sets of ids by creation time: the history's indexes
+                     (executor.history; every transition below re-indexes its record)
+
+A record's `owner` field is the id of the API key that submitted it (executor.web.auth), never
+the key; `summary` is its history item once finished (the result without its output), kept
+only when the output is large enough for that to matter (executor.history.summary).
 
 A record moves queued -> running -> finished (a status of the contract, or internal_error);
 each step is one Lua script, so a record is never half written and a finish is applied only by
@@ -30,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -43,6 +51,7 @@ from redis.retry import Retry
 
 from executor import metrics
 from executor.errors import ExecutorError, NoWorkers, QueueFull, RedisUnavailable
+from executor.history import History, HistoryPage, HistoryQuery, summary
 from executor.models import iso
 from executor.names import (
     COUNTERS,
@@ -56,6 +65,8 @@ from executor.names import (
     WORKER,
     WORKERS,
 )
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_S = 6  # a worker silent for this long is taken for dead
@@ -81,6 +92,7 @@ if live == 0 then return {'no_workers', depth} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', depth} end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', 'queued', 'language', ARGV[2],
            'created', ARGV[3], 'created_at', ARGV[4])
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'owner', ARGV[10]) end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
@@ -197,6 +209,7 @@ class Record:
     created: float
     worker: str
     payload: dict[str, Any] | None
+    owner: str = ""  # the id of the API key that submitted it ("" without keys, or a producer)
 
 
 @dataclass(frozen=True)
@@ -249,6 +262,7 @@ class Store:
         self._finish = self.redis.register_script(_FINISH)
         self._sweep = self.redis.register_script(_SWEEP)
         self._finishes = _Finishes(self.redis)
+        self._history = History(self.redis, ttl_s)
 
     @contextlib.contextmanager
     def _translated(self, what: str) -> Iterator[None]:
@@ -278,8 +292,9 @@ class Store:
 
     # -- submission and the wait (API) --------------------------------------------------
 
-    def submit(self, execution_id: str, language: str, max_queue: int) -> int:
-        """Record a new queued execution; return the queue depth it found.
+    def submit(self, execution_id: str, language: str, max_queue: int, owner: str = "") -> int:
+        """Record a new queued execution (of the API key whose id is `owner`, if any); return
+        the queue depth it found.
 
         Raises QueueFull when `max_queue` executions are waiting and NoWorkers when no worker
         beats: then nothing is recorded.
@@ -301,7 +316,11 @@ class Store:
             self.history_size,
         ]
         with self._translated("record a submission"):
-            outcome, depth = self._submit(keys, [*args, max_queue, WORKER, metrics.SUBMITTED])
+            outcome, depth = self._submit(
+                keys, [*args, max_queue, WORKER, metrics.SUBMITTED, owner]
+            )
+        if outcome == "ok":
+            self._index(execution_id)
         if outcome == "full":
             raise QueueFull(f"{depth} executions are waiting (EXECUTOR_MAX_QUEUE is {max_queue})")
         if outcome == "no_workers":
@@ -382,6 +401,7 @@ class Store:
             created=float(fields.get("created") or 0.0),
             worker=str(fields.get("worker", "")),
             payload=json.loads(result) if result else None,
+            owner=str(fields.get("owner", "")),
         )
 
     # -- the worker's side ---------------------------------------------------------------
@@ -409,6 +429,7 @@ class Store:
         with self._translated("claim an execution"):
             reply = self._claim(keys, [*args, self.history_size, language, metrics.SUBMITTED])
         if reply[0] == "claimed":
+            self._index(execution_id)
             return Claim(True, "running", now, float(reply[1]), str(reply[2]), incarnation)
         payload = json.loads(reply[2]) if reply[2] else None
         return Claim(False, str(reply[0]), incarnation=str(reply[1]), payload=payload)
@@ -448,7 +469,10 @@ class Store:
             FINISHED,
         ]
         with self._translated("store a result"):
-            return bool(self._finish(keys, args))
+            stored = bool(self._finish(keys, args))
+        if stored:
+            self._index(execution_id, summary(payload, str(args[3])))
+        return stored
 
     def sweep_lost(self) -> list[str]:
         """Finish as internal_error every running execution whose worker stopped beating."""
@@ -460,7 +484,31 @@ class Store:
         ]
         with self._translated("look for lost executions"):
             args += [self.ttl_s, DONE_TTL_S, LOST_MESSAGE, metrics.executions("internal_error")]
-            return cast(list[str], self._sweep(keys, [*args, FINISHED]))
+            lost = cast(list[str], self._sweep(keys, [*args, FINISHED]))
+        for execution_id in lost:
+            self._index(execution_id)
+        return lost
+
+    # -- history ---------------------------------------------------------------------------
+
+    def _index(self, execution_id: str, item: str = "") -> None:
+        """Re-index after a transition that took place: a failure here leaves the execution
+        out of some history listings, never fails the transition (logged instead)."""
+        try:
+            self._history.index(execution_id, item)
+        except redis.RedisError as e:
+            log.warning("execution %s: not indexed in the history: %s", execution_id, e)
+
+    def index_history(self, execution_id: str) -> None:
+        """Re-index `execution_id` in the history after a change of its record's status,
+        worker or owner made outside this class's transitions (each of those does it)."""
+        with self._translated("index an execution"):
+            self._history.index(execution_id)
+
+    def history(self, query: HistoryQuery) -> HistoryPage:
+        """A page of the history, newest first (see executor.history)."""
+        with self._translated("list the history"):
+            return self._history.page(query)
 
     def beat(self, incarnation: str, info: Mapping[str, Any], counts: Mapping[str, int]) -> None:
         """Say that `incarnation` is alive (with `info` for /status) and add `counts`."""

@@ -18,7 +18,7 @@ from executor.config import Settings
 from executor.errors import PayloadTooLarge
 from executor.request_schema import max_body_bytes, request_schema
 from executor.store import Store
-from executor.web import docs, executions, operations, schemas
+from executor.web import auth, docs, executions, operations, schemas
 from executor.web.context import EXTENSION, Context
 from executor.web.errors import ExecutorApi, register_error_handlers
 from executor.web.health import Health, Pinger, celery_pinger, default_docker
@@ -57,8 +57,14 @@ def create_app(
     celery = celery or create_celery(settings)
     health = Health(docker or default_docker(settings), store, celery_pinger(celery))
     app.extensions[EXTENSION] = Context(settings, requests(), store, celery, health)
+    auth.install(app, settings)  # first: every later hook and view knows the caller
 
     api = ExecutorApi(app)
+    if auth.Keys.from_settings(settings).enabled:  # every operation but /health needs a key
+        api.spec.components.security_scheme(
+            auth.SECURITY_SCHEME, {"type": "http", "scheme": "bearer"}
+        )
+        api.spec.options["security"] = [{auth.SECURITY_SCHEME: []}]
     failed = schemas.ExecutionFailedSchema  # sent in place of a result; no view names it
     api.spec.components.schema(executions.schema_name(failed), schema=failed)
     api.register_blueprint(executions.blueprint(requests))

@@ -43,8 +43,8 @@ class JsonBodyParser(FlaskParser):
     ) -> NoReturn:
         # webargs files messages under their location ({"json": {...}}); ours name fields.
         messages = error.messages
-        if isinstance(messages, dict) and set(messages) == {"json"}:
-            messages = messages["json"]
+        if isinstance(messages, dict) and len(messages) == 1 and set(messages) <= {"json", "query"}:
+            messages = next(iter(messages.values()))
         raise invalid(ma.ValidationError(messages))
 
 

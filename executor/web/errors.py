@@ -2,7 +2,7 @@
 
 Our own errors carry their status and code (executor.errors); werkzeug's HTTP errors (404 for
 an unknown route, 405, 413...) get the same shape; anything unexpected is a logged 500 that
-shows no internals. 429 and 503 carry Retry-After.
+shows no internals. 429 and 503 carry Retry-After, 401 WWW-Authenticate.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def error_response(error: ExecutorError, **extra: Any) -> Response:
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
+    if error.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="executor"'
     return reply(ErrorSchema, {**error.to_dict(), **extra}, error.status, headers)
 
 

@@ -1,4 +1,4 @@
-"""POST /execute, POST /executions, GET /executions/{id}."""
+"""POST /execute, POST /executions, GET /executions (the history), GET /executions/{id}."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from executor.errors import ExecutionNotFound, error_for
 from executor.languages import languages
 from executor.models import RunRequest
 from executor.request_schema import RequestSchema
-from executor.web import submissions
+from executor.web import history, submissions
 from executor.web.arguments import ApiBlueprint
+from executor.web.auth import caller, visible_record
 from executor.web.context import context
 from executor.web.errors import error_response, reply
 from executor.web.schemas import (
@@ -23,6 +24,8 @@ from executor.web.schemas import (
     ExecutionFailedSchema,
     ExecutionPendingSchema,
     ExecutionResultSchema,
+    HistoryPageSchema,
+    HistoryQuerySchema,
 )
 
 
@@ -96,7 +99,7 @@ def blueprint(request_schema: type[RequestSchema]) -> Blueprint:
         def post(self, run: RunRequest) -> Any:
             ctx = context()
             key = request.headers.get(submissions.IDEMPOTENCY_HEADER)
-            execution_id = submissions.submit(ctx, run, key)
+            execution_id = submissions.submit(ctx, run, key, caller().owner)
             language = languages(ctx.settings).get(run.language)
             build = language.compile_timeout if language is not None and language.compiled else 0
             budget = run.limits.timeout + build + ctx.settings.queue_grace_s
@@ -118,7 +121,21 @@ def blueprint(request_schema: type[RequestSchema]) -> Blueprint:
         @_errors(blp, 413, 422, 429, 503)
         def post(self, run: RunRequest) -> Response:
             key = request.headers.get(submissions.IDEMPOTENCY_HEADER)
-            return pending(submissions.submit(context(), run, key), "queued")
+            return pending(submissions.submit(context(), run, key, caller().owner), "queued")
+
+        @blp.doc(
+            summary="History: executions newest first",
+            description="Each item is the result without stdout, stderr and files (they stay "
+            "at GET /executions/{id}). Filters combine; `next` is the `cursor` of the next "
+            "page. With API keys, a key sees only its own executions (an operator key, all). "
+            "A page looks at a bounded number of records: a rare combination of filters may "
+            "answer fewer items than `limit`, with a `next` to go on from.",
+        )
+        @blp.arguments(HistoryQuerySchema, location="query")
+        @blp.response(200, HistoryPageSchema, description="A page of the history.")
+        @_errors(blp, 422)
+        def get(self, args: dict[str, Any]) -> Any:
+            return history.page(context(), args)
 
     @blp.route("/executions/<execution_id>")
     class Execution(MethodView):
@@ -136,9 +153,7 @@ def blueprint(request_schema: type[RequestSchema]) -> Blueprint:
                 uuid.UUID(execution_id)
             except ValueError:
                 raise ExecutionNotFound(f"no execution has the id {execution_id!r}") from None
-            record = context().store.get(execution_id)
-            if record is None:
-                raise ExecutionNotFound(f"no execution has the id {execution_id}")
+            record = visible_record(context(), execution_id)  # 404 for another key's
             if record.payload is not None:
                 return finished(record.payload, as_error=False)
             return pending(execution_id, record.status)

@@ -8,10 +8,13 @@ The request's schema is executor.request_schema's (the Celery task shares it).
 
 from __future__ import annotations
 
+import copy
+from datetime import UTC
 from typing import Any
 
 from marshmallow import Schema, fields, validate
 
+from executor.history import HIDDEN
 from executor.models import FINISHED
 
 
@@ -180,4 +183,57 @@ class StatusSchema(Schema):
     counters = _always(fields.Nested, CountersSchema)
     recent = _always(
         fields.List, fields.Nested(RecentSchema), metadata=_doc("Newest first; never code.")
+    )
+
+
+# -- GET /executions: the history ------------------------------------------------------------
+
+_HISTORY_STATUSES = ("queued", "running", *FINISHED)
+
+
+def _history_item_fields() -> dict[str, fields.Field[Any]]:
+    """A result's fields but its output (executor.history.HIDDEN), none of them required: an
+    item is a result, an ExecutionFailed body, or the state of a pending execution."""
+    item: dict[str, fields.Field[Any]] = {}
+    for name, declared in ExecutionResultSchema._declared_fields.items():
+        if name not in HIDDEN:
+            field = copy.copy(declared)
+            field.required = False
+            item[name] = field
+    item["status"] = _always(fields.String, validate=validate.OneOf(_HISTORY_STATUSES))
+    item["code"] = fields.String(metadata=_doc("internal_error: the error's code."))
+    item["message"] = fields.String(metadata=_doc("internal_error: what went wrong."))
+    item["errors"] = fields.Dict(metadata=_doc("internal_error: each bad field."))
+    return item
+
+
+HistoryItemSchema = Schema.from_dict(_history_item_fields(), name="HistoryItemSchema")
+
+
+class HistoryPageSchema(Schema):
+    items = _always(
+        fields.List,
+        fields.Nested(HistoryItemSchema),
+        metadata=_doc("Newest first; each a result without stdout, stderr and files."),
+    )
+    next = _always(
+        fields.String,
+        allow_none=True,
+        metadata=_doc("The `cursor` of the next page; null when nothing older matches."),
+    )
+
+
+class HistoryQuerySchema(Schema):
+    status = fields.String(validate=validate.OneOf(_HISTORY_STATUSES))
+    language = fields.String(validate=validate.Length(1, 64))
+    worker = fields.String(validate=validate.Length(1, 255), metadata=_doc("HOSTNAME of one."))
+    since = fields.AwareDateTime(
+        default_timezone=UTC, metadata=_doc("ISO 8601: created at or after (UTC if no offset).")
+    )
+    until = fields.AwareDateTime(
+        default_timezone=UTC, metadata=_doc("ISO 8601: created at or before (UTC if no offset).")
+    )
+    limit = fields.Integer(load_default=50, validate=validate.Range(1, 500))
+    cursor = fields.String(
+        validate=validate.Length(1, 400), metadata=_doc("A previous page's `next`.")
     )

@@ -28,30 +28,41 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 255
 
 
-def submit(ctx: Context, request: RunRequest, idempotency_key: str | None = None) -> str:
-    """Queue a validated `request`; its new execution id.
+def submit(
+    ctx: Context, request: RunRequest, idempotency_key: str | None = None, owner: str = ""
+) -> str:
+    """Queue a validated `request` of the API key whose id is `owner` (if any); its new
+    execution id.
 
     With an Idempotency-Key, a retry of the same body gets the execution the key first
     queued (never a second run), and the same key with another body is an InvalidRequest.
+    An Idempotency-Key is the owner's own: another API key's same key is another execution.
     Raises DockerUnavailable/NoWorkers/RedisUnavailable (503) or QueueFull (429) before
     anything is queued.
     """
     ctx.health.require_docker()
     execution_id = str(uuid.uuid4())
     if idempotency_key is not None:
-        known = _known_execution(ctx, request, idempotency_key, execution_id)
+        known = _known_execution(ctx, request, idempotency_key, execution_id, owner)
         if known is not None:
             return known
     try:
-        _queue(ctx, request, execution_id)
+        _queue(ctx, request, execution_id, owner)
     except BaseException:
-        if idempotency_key is not None:
-            ctx.store.forget_key(idempotency_key)  # nothing was queued: a retry may submit
+        if idempotency_key is not None:  # nothing was queued: a retry may submit
+            ctx.store.forget_key(_scoped(idempotency_key, owner))
         raise
     return execution_id
 
 
-def _known_execution(ctx: Context, request: RunRequest, key: str, execution_id: str) -> str | None:
+def _scoped(key: str, owner: str) -> str:
+    """An Idempotency-Key as stored: within its owner's keys (unchanged without API keys)."""
+    return f"{owner} {key}" if owner else key
+
+
+def _known_execution(
+    ctx: Context, request: RunRequest, key: str, execution_id: str, owner: str
+) -> str | None:
     """The execution `key` already stands for, or None once `key` is tied to `execution_id`."""
     if not key or len(key) > MAX_KEY_CHARS or not key.isprintable():
         raise InvalidRequest(
@@ -60,7 +71,9 @@ def _known_execution(ctx: Context, request: RunRequest, key: str, execution_id: 
         )
     body = json.dumps(ctx.requests.dump(request), sort_keys=True, separators=(",", ":"))
     fingerprint = hashlib.sha256(body.encode()).hexdigest()
-    known_id, known_fingerprint = ctx.store.remember_key(key, fingerprint, execution_id)
+    known_id, known_fingerprint = ctx.store.remember_key(
+        _scoped(key, owner), fingerprint, execution_id
+    )
     if known_fingerprint != fingerprint:
         raise InvalidRequest(
             f"this {IDEMPOTENCY_HEADER} was used with another request body",
@@ -72,8 +85,8 @@ def _known_execution(ctx: Context, request: RunRequest, key: str, execution_id: 
     return None
 
 
-def _queue(ctx: Context, request: RunRequest, execution_id: str) -> None:
-    ctx.store.submit(execution_id, request.language, ctx.settings.max_queue)
+def _queue(ctx: Context, request: RunRequest, execution_id: str, owner: str) -> None:
+    ctx.store.submit(execution_id, request.language, ctx.settings.max_queue, owner)
     queue = queue_for(request.language, ctx.settings.route_by_language)
     try:
         ctx.celery.send_task(

@@ -82,6 +82,8 @@ def test_every_documented_reply_matches_real_answers(main_redis: str, api: str):
     answer("ExecutionFailed", requests.get(f"{api}/executions/{failed.id}", timeout=10), 200)
     languages = answer("Language", requests.get(f"{api}/languages", timeout=10), 200)
     answers[-1] = ("Language", languages[0])
+    page = answer("HistoryPage", requests.get(f"{api}/executions?limit=500", timeout=10), 200)
+    assert {"success", "internal_error"} <= {item["status"] for item in page["items"]}
     answer("Health", requests.get(f"{api}/health", timeout=10), 200)
     status = answer("Status", requests.get(f"{api}/status", timeout=10), 200)
     assert status["workers"] and status["recent"]  # the nested schemas are exercised too
