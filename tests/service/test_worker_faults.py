@@ -104,6 +104,9 @@ def test_a_worker_killed_mid_run_leaves_an_internal_error(
     finally:
         waiter.join(60)
         for container in sandboxes(raw_docker):
-            labels = raw_docker.api.inspect_container(container)["Config"]["Labels"]
-            if labels.get(LABEL_WORKER, "").startswith("pytest-victim:"):
-                raw_docker.api.remove_container(container, force=True)
+            try:  # another test's sandbox may be gone between the listing and the inspect
+                labels = raw_docker.api.inspect_container(container)["Config"]["Labels"]
+                if labels.get(LABEL_WORKER, "").startswith("pytest-victim:"):
+                    raw_docker.api.remove_container(container, force=True)
+            except docker.errors.NotFound:
+                pass
