@@ -9,6 +9,7 @@ message alone (``cls(str(exc))``), so errors cross the Celery boundary intact.
     │                                                     `errors` names each bad field
     ├── PayloadTooLarge              413 payload_too_large
     ├── ExecutionNotFound            404 not_found        an id never submitted
+    ├── ExecutionFinished            409 already_finished a cancel came after the end
     ├── QueueFull                    429 queue_full       back-pressure, retry later
     ├── ServiceUnavailable           503 unavailable      a dependency is down, retry later
     │   ├── DockerUnavailable        503 docker_unavailable    names the address it tried
@@ -73,6 +74,13 @@ class ExecutionNotFound(ExecutorError):
 
     status = 404
     code = "not_found"
+
+
+class ExecutionFinished(ExecutorError):
+    """The execution has already finished: there is nothing left to cancel."""
+
+    status = 409
+    code = "already_finished"
 
 
 class QueueFull(ExecutorError):

@@ -42,5 +42,7 @@ DONE = PREFIX + "done:"  # + id
 IDEMPOTENCY = PREFIX + "idempotency:"  # + sha256 of an Idempotency-Key
 FINISHED = PREFIX + "finished"  # pub/sub: the id of each execution that just finished
 COUNTERS = PREFIX + "counters"
+CANCEL = PREFIX + "cancel:"  # + id: set while a running execution is to be cancelled
+ADOPTING = PREFIX + "adopting"  # held by the process that looks for producers' messages
 WORKER = PREFIX + "worker:"  # + incarnation
 WORKERS = PREFIX + "workers"

@@ -3,19 +3,26 @@
 Everything here is shared by every API and worker process. Keys (all under ``executor:``):
 
     execution:<id>   hash: the record (status, language, created, worker, result JSON...),
-                     expiring EXECUTOR_RESULT_TTL after its last change
+                     expiring EXECUTOR_RESULT_TTL after its last change; while queued, an
+                     API submission's `request` (the body as JSON): its Celery message
+                     carries only the id, and the worker takes the request at its claim
     recent           list of ids, newest first, capped at EXECUTOR_HISTORY_SIZE
     running          hash: id -> the worker incarnation that runs it
     done:<id>        list holding the final payload once: what a waiting POST /execute pops
     finished         pub/sub channel: the id of each execution as it finishes (wakes waiters)
     counters         hash: executions by status, containers, durations
+    cancel:<id>      string: set while a running execution is to be cancelled; the worker
+                     that runs it looks every heartbeat and kills its container
+    adopting         string: held for a second by the process that looks for producers'
+                     messages in the queue (`adopt()`)
     worker:<inc>     string: a worker incarnation's heartbeat (JSON), expiring HEARTBEAT_TTL_S
     workers          sorted set of incarnations that have beaten
 
-A record moves queued -> running -> finished (a status of the contract, or internal_error);
-each step is one Lua script, so a record is never half written and a finish is applied only by
-the incarnation that claimed the execution. A running execution whose incarnation stopped
-beating is "lost": `sweep_lost()` finishes it as internal_error (any process may sweep).
+A record moves queued -> running -> finished (a status of the contract, or internal_error), or
+queued -> cancelled; each step is one Lua script, so a record is never half written and a
+finish is applied only by the incarnation that claimed the execution. A running execution
+whose incarnation stopped beating is "lost": `sweep_lost()` finishes it as internal_error (any
+process may sweep).
 
 Waiting for a result costs no Redis connection per waiter: each process subscribes once to
 ``finished`` (a listener thread, a greenlet under gevent) and wakes the waiters of the ids it
@@ -42,9 +49,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from executor import metrics
+from executor.cancellation import cancelled_before_start
 from executor.errors import ExecutorError, NoWorkers, QueueFull, RedisUnavailable
 from executor.models import iso
 from executor.names import (
+    ADOPTING,
+    CANCEL,
     COUNTERS,
     DONE,
     FINISHED,
@@ -53,12 +63,14 @@ from executor.names import (
     RECENT,
     RECORD,
     RUNNING,
+    TASK_NAME,
     WORKER,
     WORKERS,
 )
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_S = 6  # a worker silent for this long is taken for dead
+ADOPT_LIMIT = 1000  # messages a look for producers' messages reads, newest first
 DONE_TTL_S = 30  # how long a finished payload waits for the POST /execute that asked for it
 WAIT_SLICE_S = 2.0  # one wait; between slices the waiter looks for a lost worker
 POOL_SIZE = 64  # Redis connections per process
@@ -80,7 +92,7 @@ end
 if live == 0 then return {'no_workers', depth} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', depth} end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', 'queued', 'language', ARGV[2],
-           'created', ARGV[3], 'created_at', ARGV[4])
+           'created', ARGV[3], 'created_at', ARGV[4], 'request', ARGV[10])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
@@ -98,14 +110,19 @@ if not status then
   redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
 elseif status ~= 'queued' then
   return {status, redis.call('HGET', KEYS[1], 'incarnation') or '',
-          redis.call('HGET', KEYS[1], 'result') or ''}
+          redis.call('HGET', KEYS[1], 'result') or '', ''}
 end
+if ARGV[8] ~= '' and (redis.call('HGET', KEYS[1], 'language') or '') == '' then
+  redis.call('HSET', KEYS[1], 'language', ARGV[8])  -- a producer's message, adopted unread
+end
+local request = redis.call('HGET', KEYS[1], 'request') or ''
+redis.call('HDEL', KEYS[1], 'request')
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[3], 'incarnation', ARGV[2],
            'started', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
 return {'claimed', redis.call('HGET', KEYS[1], 'created'),
-        redis.call('HGET', KEYS[1], 'created_at')}
+        redis.call('HGET', KEYS[1], 'created_at'), request}
 """
 
 _FINISH = """
@@ -124,8 +141,64 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[8], 1)
 redis.call('LPUSH', KEYS[4], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[7])
+redis.call('DEL', KEYS[5])
 redis.call('PUBLISH', ARGV[11], ARGV[1])
 return 1
+"""
+
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'unknown', ''} end
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'result', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'request')
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
+  redis.call('LPUSH', KEYS[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  return {'cancelled', ARGV[1]}
+end
+if status == 'running' then
+  redis.call('SET', KEYS[4], '1', 'EX', ARGV[2])
+  return {'running', ''}
+end
+return {status, redis.call('HGET', KEYS[1], 'result') or ''}
+"""
+
+# Producers' messages wait in kombu's lists (LPUSHed, so the newest first) as JSON whose
+# `headers` carry the task name and id. This finds the id without decoding the body (base64,
+# up to megabytes): after "headers", the key "id" follows a `{` or `,` outside any string
+# (a quote inside a JSON string is escaped). Only ids of the allowed charset are taken.
+_ADOPT = """
+if ARGV[8] == '1' and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', 1000) then
+  return 0
+end
+local budget = tonumber(ARGV[7])
+local adopted = 0
+for k = 4, #KEYS do
+  local n = redis.call('LLEN', KEYS[k])
+  local i = 0
+  while i < n and budget > 0 do
+    for _, raw in ipairs(redis.call('LRANGE', KEYS[k], i, i + 15)) do
+      budget = budget - 1
+      local h = string.find(raw, '"headers"', 1, true)
+      local id = h and string.match(raw, '[{,]%s*"id"%s*:%s*"([%w%._:%-]+)"', h)
+      local ours = h and string.find(raw, '"task"%s*:%s*"' .. ARGV[9] .. '"', h)
+      if id and ours and #id <= 128 and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+        redis.call('HSET', ARGV[1] .. id, 'id', id, 'status', 'queued', 'language', '',
+                   'created', ARGV[2], 'created_at', ARGV[3])
+        redis.call('EXPIRE', ARGV[1] .. id, ARGV[4])
+        redis.call('LPUSH', KEYS[1], id)
+        redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[5]) - 1)
+        redis.call('HINCRBY', KEYS[2], ARGV[6], 1)
+        adopted = adopted + 1
+      end
+    end
+    i = i + 16
+  end
+end
+return adopted
 """
 
 _SWEEP = """
@@ -214,6 +287,7 @@ class Claim:
     created_at: str = ""
     incarnation: str = ""
     payload: dict[str, Any] | None = None
+    request: str = ""  # an API submission's stored request (JSON), taken with the claim
 
 
 # Error prefixes of a Redis that is up but unusable (protected mode, auth, replica, loading,
@@ -248,6 +322,8 @@ class Store:
         self._claim = self.redis.register_script(_CLAIM)
         self._finish = self.redis.register_script(_FINISH)
         self._sweep = self.redis.register_script(_SWEEP)
+        self._cancel = self.redis.register_script(_CANCEL)
+        self._adopt = self.redis.register_script(_ADOPT)
         self._finishes = _Finishes(self.redis)
 
     @contextlib.contextmanager
@@ -278,8 +354,9 @@ class Store:
 
     # -- submission and the wait (API) --------------------------------------------------
 
-    def submit(self, execution_id: str, language: str, max_queue: int) -> int:
-        """Record a new queued execution; return the queue depth it found.
+    def submit(self, execution_id: str, language: str, max_queue: int, *, request: str) -> int:
+        """Record a new queued execution with its `request` (JSON, kept until a worker claims
+        it); return the queue depth it found.
 
         Raises QueueFull when `max_queue` executions are waiting and NoWorkers when no worker
         beats: then nothing is recorded.
@@ -301,7 +378,9 @@ class Store:
             self.history_size,
         ]
         with self._translated("record a submission"):
-            outcome, depth = self._submit(keys, [*args, max_queue, WORKER, metrics.SUBMITTED])
+            outcome, depth = self._submit(
+                keys, [*args, max_queue, WORKER, metrics.SUBMITTED, request]
+            )
         if outcome == "full":
             raise QueueFull(f"{depth} executions are waiting (EXECUTOR_MAX_QUEUE is {max_queue})")
         if outcome == "no_workers":
@@ -389,7 +468,9 @@ class Store:
     def claim(self, execution_id: str, language: str, incarnation: str, worker: str) -> Claim:
         """Mark `execution_id` running on `incarnation` unless a delivery already took it.
 
-        A record that does not exist yet (a producer that bypassed HTTP) is created.
+        A record that does not exist yet (a producer's message nobody adopted) is created.
+        The claim takes the stored request of an API submission (`Claim.request`) off the
+        record. `language` ('' when unknown) fills in the language of an adopted record.
         """
         now = time.time()
         keys = [
@@ -409,7 +490,9 @@ class Store:
         with self._translated("claim an execution"):
             reply = self._claim(keys, [*args, self.history_size, language, metrics.SUBMITTED])
         if reply[0] == "claimed":
-            return Claim(True, "running", now, float(reply[1]), str(reply[2]), incarnation)
+            return Claim(
+                True, "running", now, float(reply[1]), str(reply[2]), incarnation, None, reply[3]
+            )
         payload = json.loads(reply[2]) if reply[2] else None
         return Claim(False, str(reply[0]), incarnation=str(reply[1]), payload=payload)
 
@@ -433,6 +516,7 @@ class Store:
             RUNNING,
             COUNTERS,
             DONE + execution_id,
+            CANCEL + execution_id,
         ]
         args: list[str | int | float] = [
             execution_id,
@@ -449,6 +533,76 @@ class Store:
         ]
         with self._translated("store a result"):
             return bool(self._finish(keys, args))
+
+    # -- cancelling --------------------------------------------------------------------------
+
+    def cancel(self, execution_id: str) -> tuple[str, dict[str, Any] | None]:
+        """Cancel `execution_id`: (what it was, its final payload if it has one).
+
+        A queued execution is finished as `cancelled` at once (its waiter wakes; a worker
+        that later gets its message finds it finished and does not run it): ("queued",
+        payload). A running one is flagged for its worker, which kills its container and
+        finishes it: ("running", None). A finished one is left alone: ("finished", payload).
+        ("unknown", None) for an id never submitted. Idempotent.
+        """
+        with self._translated("cancel an execution"):
+            fields = self.redis.hmget(_record(execution_id), "language", "created", "created_at")
+        language, created, created_at = (str(f) if f is not None else None for f in fields)
+        now = time.time()
+        body = cancelled_before_start(
+            execution_id, language or "", float(created or now), created_at or iso(now), now
+        )
+        keys = [_record(execution_id), COUNTERS, DONE + execution_id, CANCEL + execution_id]
+        args: list[str | int | float] = [json.dumps(body), self.ttl_s, DONE_TTL_S]
+        with self._translated("cancel an execution"):
+            args += [metrics.executions("cancelled"), FINISHED, execution_id]
+            outcome, result = self._cancel(keys, args)
+        payload = json.loads(result) if result else None
+        if outcome == "cancelled":
+            return "queued", payload
+        if outcome in ("unknown", "running"):
+            return str(outcome), None
+        return "finished", payload
+
+    def cancel_requested(self, execution_ids: list[str]) -> list[str]:
+        """Those of `execution_ids` (running here) whose cancel was asked for."""
+        if not execution_ids:
+            return []
+        with self._translated("look for cancel requests"):
+            pipe = self.redis.pipeline(transaction=False)
+            for execution_id in execution_ids:
+                pipe.exists(CANCEL + execution_id)
+            flags = pipe.execute()
+        return [i for i, flag in zip(execution_ids, flags, strict=True) if flag]
+
+    def wait_finished(self, execution_id: str, seconds: float) -> Record | None:
+        """The record of `execution_id`, once finished or after `seconds` (at most a slice),
+        whichever comes first; without taking its payload from a POST /execute waiter."""
+        event = self._finishes.watch(execution_id)
+        try:
+            record = self.get(execution_id)
+            if record is not None and record.payload is None and seconds > 0:
+                event.wait(min(seconds, WAIT_SLICE_S))
+                record = self.get(execution_id)
+            return record
+        finally:
+            self._finishes.unwatch(execution_id, event)
+
+    # -- producers' messages -----------------------------------------------------------------
+
+    def adopt(self, *, limit: int = ADOPT_LIMIT, shared: bool = True) -> int:
+        """Record producers' queued messages that have no record yet; how many were new.
+
+        Looks at the `limit` newest messages of the queues; their executions become `queued`,
+        created now (a Celery message carries no time it was sent). With `shared`, at most one
+        process looks per second (the workers' heartbeats); the API looks on demand.
+        """
+        now = time.time()
+        keys = [RECENT, COUNTERS, ADOPTING, *QUEUE_KEYS]
+        args: list[str | int | float] = [RECORD, repr(now), iso(now), self.ttl_s]
+        args += [self.history_size, metrics.SUBMITTED, limit, "1" if shared else "0"]
+        with self._translated("look for producers' messages"):
+            return int(self._adopt(keys, [*args, TASK_NAME.replace(".", "%.")]))
 
     def sweep_lost(self) -> list[str]:
         """Finish as internal_error every running execution whose worker stopped beating."""
@@ -536,7 +690,7 @@ def _recent_entry(execution_id: str, row: list[str | None]) -> dict[str, Any]:
     return {
         "id": execution_id,
         "status": status,
-        "language": language,
+        "language": language or None,  # a producer's message not picked up yet
         "duration_ms": int(duration) if duration else None,
         "created_at": created_at,
         "worker": worker or None,

@@ -36,7 +36,7 @@ def new_id() -> str:
 def test_a_record_goes_queued_running_finished(store: Store):
     inc = alive(store)
     execution_id = new_id()
-    assert store.submit(execution_id, "python", max_queue=10) == 0
+    assert store.submit(execution_id, "python", max_queue=10, request="{}") == 0
     record = store.get(execution_id)
     assert record and (record.status, record.language, record.payload) == ("queued", "python", None)
     assert 0 < store.redis.ttl(f"executor:execution:{execution_id}") <= 120
@@ -88,7 +88,7 @@ def test_history_is_capped_newest_first(store: Store):
     alive(store)
     ids = [new_id() for _ in range(5)]
     for execution_id in ids:
-        store.submit(execution_id, "python", max_queue=10)
+        store.submit(execution_id, "python", max_queue=10, request="{}")
     recent = store.snapshot()["recent"]
     assert [entry["id"] for entry in recent] == ids[::-1][:3]
     assert set(recent[0]) == {"id", "status", "language", "duration_ms", "created_at", "worker"}
@@ -100,13 +100,13 @@ def test_unknown_ids_are_none(store: Store):
 
 def test_admission(store: Store):
     with pytest.raises(NoWorkers):
-        store.submit(new_id(), "python", max_queue=10)
+        store.submit(new_id(), "python", max_queue=10, request="{}")
     alive(store)
     store.redis.rpush("executor", "m1", "m2")
     store.redis.rpush("executor\x06\x169", "m3")  # kombu's list for priority 9
     assert store.queue_depth() == 3
     with pytest.raises(QueueFull):
-        store.submit(new_id(), "python", max_queue=3)
+        store.submit(new_id(), "python", max_queue=3, request="{}")
     assert store.snapshot()["recent"] == []  # nothing recorded when refused
 
 
