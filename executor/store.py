@@ -157,7 +157,7 @@ if status == 'queued' then
   redis.call('LPUSH', KEYS[3], ARGV[1])
   redis.call('EXPIRE', KEYS[3], ARGV[3])
   redis.call('PUBLISH', ARGV[5], ARGV[6])
-  return {'cancelled', ARGV[1]}
+  return {'queued', ARGV[1]}
 end
 if status == 'running' then
   redis.call('SET', KEYS[4], '1', 'EX', ARGV[2])
@@ -558,7 +558,7 @@ class Store:
             args += [metrics.executions("cancelled"), FINISHED, execution_id]
             outcome, result = self._cancel(keys, args)
         payload = json.loads(result) if result else None
-        if outcome == "cancelled":
+        if outcome == "queued":
             return "queued", payload
         if outcome in ("unknown", "running"):
             return str(outcome), None
