@@ -13,8 +13,9 @@ Everything here is shared by every API and worker process. Keys (all under ``exe
     counters         hash: executions by status, containers, durations
     cancel:<id>      string: set while a running execution is to be cancelled; the worker
                      that runs it looks every heartbeat and kills its container
-    adopting         string: held for a second by the process that looks for producers'
-                     messages in the queue (`adopt()`)
+    adopting         string: held for a second by the worker that looks for producers'
+                     messages in the queue (`adopt()`); `adopting:on-demand` the same for
+                     the API, held for ADOPT_ON_DEMAND_MS
     worker:<inc>     string: a worker incarnation's heartbeat (JSON), expiring HEARTBEAT_TTL_S
     workers          sorted set of incarnations that have beaten
 
@@ -54,6 +55,7 @@ from executor.errors import ExecutorError, NoWorkers, QueueFull, RedisUnavailabl
 from executor.models import iso
 from executor.names import (
     ADOPTING,
+    ADOPTING_ON_DEMAND,
     CANCEL,
     COUNTERS,
     DONE,
@@ -71,6 +73,9 @@ from executor.names import (
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_S = 6  # a worker silent for this long is taken for dead
 ADOPT_LIMIT = 1000  # messages a look for producers' messages reads, newest first
+ADOPT_BYTES = 8 << 20  # and at most this much of them (a producer's message holds its code)
+ADOPT_EVERY_MS = 1000  # the workers' looks, together, at most once per this
+ADOPT_ON_DEMAND_MS = 200  # the API's looks (an unknown id asked for), at most once per this
 DONE_TTL_S = 30  # how long a finished payload waits for the POST /execute that asked for it
 WAIT_SLICE_S = 2.0  # one wait; between slices the waiter looks for a lost worker
 POOL_SIZE = 64  # Redis connections per process
@@ -171,17 +176,15 @@ return {status, redis.call('HGET', KEYS[1], 'result') or ''}
 # up to megabytes): after "headers", the key "id" follows a `{` or `,` outside any string
 # (a quote inside a JSON string is escaped). Only ids of the allowed charset are taken.
 _ADOPT = """
-if ARGV[8] == '1' and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', 1000) then
-  return 0
-end
-local budget = tonumber(ARGV[7])
+if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[8]) then return -1 end
+local budget, bytes = tonumber(ARGV[7]), tonumber(ARGV[10])
 local adopted = 0
 for k = 4, #KEYS do
   local n = redis.call('LLEN', KEYS[k])
   local i = 0
-  while i < n and budget > 0 do
+  while i < n and budget > 0 and bytes > 0 do
     for _, raw in ipairs(redis.call('LRANGE', KEYS[k], i, i + 15)) do
-      budget = budget - 1
+      budget, bytes = budget - 1, bytes - #raw
       local h = string.find(raw, '"headers"', 1, true)
       local id = h and string.match(raw, '[{,]%s*"id"%s*:%s*"([%w%._:%-]+)"', h)
       local ours = h and string.find(raw, '"task"%s*:%s*"' .. ARGV[9] .. '"', h)
@@ -590,19 +593,32 @@ class Store:
 
     # -- producers' messages -----------------------------------------------------------------
 
-    def adopt(self, *, limit: int = ADOPT_LIMIT, shared: bool = True) -> int:
+    def adopt(self, *, on_demand: bool = False) -> int:
         """Record producers' queued messages that have no record yet; how many were new.
 
-        Looks at the `limit` newest messages of the queues; their executions become `queued`,
-        created now (a Celery message carries no time it was sent). With `shared`, at most one
-        process looks per second (the workers' heartbeats); the API looks on demand.
+        Looks at the newest messages of the queues (ADOPT_LIMIT, ADOPT_BYTES); their
+        executions become `queued`, created now (a Celery message carries no time it was
+        sent). The workers' heartbeats look together at most once a second; the API looks
+        `on_demand` (an id it does not know), at most every ADOPT_ON_DEMAND_MS across all its
+        processes, waiting that long for its turn once, so a flood of unknown ids costs Redis
+        little.
         """
-        now = time.time()
-        keys = [RECENT, COUNTERS, ADOPTING, *QUEUE_KEYS]
-        args: list[str | int | float] = [RECORD, repr(now), iso(now), self.ttl_s]
-        args += [self.history_size, metrics.SUBMITTED, limit, "1" if shared else "0"]
-        with self._translated("look for producers' messages"):
-            return int(self._adopt(keys, [*args, TASK_NAME.replace(".", "%.")]))
+        lock, every = (ADOPTING, ADOPT_EVERY_MS)
+        if on_demand:
+            lock, every = (ADOPTING_ON_DEMAND, ADOPT_ON_DEMAND_MS)
+        for attempt in range(2 if on_demand else 1):
+            if attempt:
+                time.sleep(every / 1000)
+            now = time.time()
+            keys = [RECENT, COUNTERS, lock, *QUEUE_KEYS]
+            args: list[str | int | float] = [RECORD, repr(now), iso(now), self.ttl_s]
+            args += [self.history_size, metrics.SUBMITTED, ADOPT_LIMIT, every]
+            args += [TASK_NAME.replace(".", "%."), ADOPT_BYTES]
+            with self._translated("look for producers' messages"):
+                adopted = int(self._adopt(keys, args))
+            if adopted >= 0:
+                return adopted
+        return 0
 
     def sweep_lost(self) -> list[str]:
         """Finish as internal_error every running execution whose worker stopped beating."""

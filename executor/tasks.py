@@ -52,6 +52,16 @@ def register(app: Celery, runtime: WorkerRuntime) -> Task:
     return execute
 
 
+def revoked_ids() -> list[str]:
+    """The task ids this worker's Celery has revoked (read from the heartbeat's thread)."""
+    for _ in range(3):
+        try:
+            return [str(task_id) for task_id in worker_state.revoked]
+        except RuntimeError:  # the consumer revoked one while we read: read again
+            continue
+    return []
+
+
 class ThreadsPool(TaskPool):  # type: ignore[misc]
     """Celery's threads pool, whose terminate (a revoke with terminate=True) is not an error:
     the runtime kills the revoked execution's container (see the module docstring)."""
@@ -78,7 +88,7 @@ def create_worker(settings: Settings) -> Celery:
         Queue(name, routing_key=name)  # type: ignore[no-untyped-call]
         for name in worker_queues(settings)
     ]
-    runtime = WorkerRuntime(settings, revoked=lambda: list(worker_state.revoked))
+    runtime = WorkerRuntime(settings, revoked=revoked_ids)
     register(app, runtime)
     consumer: list[Any] = []  # the Celery consumer, once the worker is ready
 

@@ -181,7 +181,7 @@ def known(execution_id: str) -> Record:
         )
     store = context().store
     record = store.get(execution_id)
-    if record is None and store.adopt(shared=False):
+    if record is None and store.adopt(on_demand=True):
         record = store.get(execution_id)
     if record is None:
         raise ExecutionNotFound(f"no execution has the id {execution_id}")

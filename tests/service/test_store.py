@@ -227,8 +227,8 @@ def test_adopt_records_producers_messages_once_and_only_with_usable_ids(store: S
     alive(store)
     store.submit(api_id, "python", max_queue=10, request="{}")
 
-    assert store.adopt(shared=False) == 2
-    assert store.adopt(shared=False) == 0  # once
+    assert store.adopt(on_demand=True) == 2
+    assert store.adopt(on_demand=True) == 0  # once
     for name in ("job-42", "ok:1.2_3"):
         record = store.get(sent[name])
         assert record is not None and (record.status, record.language) == ("queued", "")
