@@ -33,9 +33,10 @@ from executor.uids import UidAllocator, UidsExhausted
 log = logging.getLogger(__name__)
 
 # The runner kills at the deadline and reports; we kill the container this much after the
-# deadline, counted from when the runner took the program. Small, so a program that escapes
-# the runner's kill is not credited with much more than its limit.
-DEADLINE_GRACE_S = 0.25
+# deadline, counted from when the runner took the program: enough for a runner's report that
+# a loaded host delays, small enough that a program whose runner froze is not credited with
+# much more than its limit.
+DEADLINE_GRACE_S = 0.5
 UID_ATTEMPTS = 5  # draws of a uid before a create gives up (another worker may hold each)
 
 Events = Callable[[str, int], None]
