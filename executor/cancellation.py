@@ -4,9 +4,11 @@ means to stop one that runs.
 A cancel arrives from DELETE /executions/{id} (a flag in Redis, see executor.store) or from a
 Celery revoke (the worker's revoked set, and Celery's `task_revoked` signal). Celery's threads
 pool cannot terminate a task, so the worker does it itself: each running execution holds a
-`CancelToken`; the heartbeat looks for cancels every second and `Cancellations.cancel()` sets
-the token, which kills the execution's container at once (through the Docker proxy, as a
-timeout does). The sandbox then reports `cancelled` with the output the program had written.
+`CancelToken`; the worker hears DELETE's cancels at once (pub/sub) and Celery's terminate
+(task_revoked), looks for any it missed and for plain revokes every heartbeat, and
+`Cancellations.cancel()` sets the token, which kills the execution's container at once
+(through the Docker proxy, as a timeout does). The sandbox then reports `cancelled` with the
+output the program had written.
 """
 
 from __future__ import annotations

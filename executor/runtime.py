@@ -91,6 +91,7 @@ class WorkerRuntime:
         self.cancellations = Cancellations()
         self._revoked = revoked
         self._revoked_seen: set[str] = set()
+        self._stop_listening: Callable[[], None] | None = None
         self.heartbeat = Heartbeat(
             self.store,
             self.incarnation,
@@ -117,6 +118,7 @@ class WorkerRuntime:
             self._service = self._service_factory(self.settings, self.events)
             self._started_at = iso()
         self._service.start()
+        self._stop_listening = self.store.listen_cancels(self.cancellations.cancel)
         try:
             self.heartbeat.beat()
             lost = self.store.sweep_lost()
@@ -135,6 +137,8 @@ class WorkerRuntime:
     def stop(self) -> None:
         """Stop beating, drain the pool, and mark whatever still ran here as lost."""
         self.heartbeat.stop()
+        if self._stop_listening is not None:
+            self._stop_listening()
         with self._lock:
             service, self._service = self._service, None
         if service is not None:

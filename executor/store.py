@@ -12,7 +12,8 @@ Everything here is shared by every API and worker process. Keys (all under ``exe
     finished         pub/sub channel: the id of each execution as it finishes (wakes waiters)
     counters         hash: executions by status, containers, durations
     cancel:<id>      string: set while a running execution is to be cancelled; the worker
-                     that runs it looks every heartbeat and kills its container
+                     that runs it hears it on ``cancels`` (pub/sub) at once, or finds it at
+                     its next heartbeat, and kills its container
     adopting         string: held for a second by the worker that looks for producers'
                      messages in the queue (`adopt()`); `adopting:on-demand` the same for
                      the API, held for ADOPT_ON_DEMAND_MS
@@ -40,7 +41,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -57,6 +58,7 @@ from executor.names import (
     ADOPTING,
     ADOPTING_ON_DEMAND,
     CANCEL,
+    CANCELS,
     COUNTERS,
     DONE,
     FINISHED,
@@ -166,6 +168,7 @@ if status == 'queued' then
 end
 if status == 'running' then
   redis.call('SET', KEYS[4], '1', 'EX', ARGV[2])
+  redis.call('PUBLISH', ARGV[7], ARGV[6])
   return {'running', ''}
 end
 return {status, redis.call('HGET', KEYS[1], 'result') or ''}
@@ -558,7 +561,7 @@ class Store:
         keys = [_record(execution_id), COUNTERS, DONE + execution_id, CANCEL + execution_id]
         args: list[str | int | float] = [json.dumps(body), self.ttl_s, DONE_TTL_S]
         with self._translated("cancel an execution"):
-            args += [metrics.executions("cancelled"), FINISHED, execution_id]
+            args += [metrics.executions("cancelled"), FINISHED, execution_id, CANCELS]
             outcome, result = self._cancel(keys, args)
         payload = json.loads(result) if result else None
         if outcome == "queued":
@@ -566,6 +569,35 @@ class Store:
         if outcome in ("unknown", "running"):
             return str(outcome), None
         return "finished", payload
+
+    def listen_cancels(self, cancel: Callable[[str], object]) -> Callable[[], None]:
+        """Call `cancel(id)` for each running execution whose cancel is asked for from now on,
+        from a thread of its own (resubscribing after a Redis fault); returns what stops it.
+        A cancel it misses (Redis restarting) is found by `cancel_requested()`."""
+        stopping = threading.Event()
+
+        def listen() -> None:
+            while not stopping.is_set():
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                try:
+                    pubsub.subscribe(CANCELS)
+                    while not stopping.is_set():
+                        message = pubsub.get_message(timeout=_Finishes.POLL_S)
+                        if message is not None and message.get("type") == "message":
+                            cancel(str(message["data"]))
+                except redis.RedisError:
+                    stopping.wait(_Finishes.RETRY_S)
+                finally:
+                    pubsub.close()
+
+        thread = threading.Thread(target=listen, name="executor-cancels", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            stopping.set()
+            thread.join(_Finishes.POLL_S + 1.0)
+
+        return stop
 
     def cancel_requested(self, execution_ids: list[str]) -> list[str]:
         """Those of `execution_ids` (running here) whose cancel was asked for."""

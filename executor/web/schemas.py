@@ -164,7 +164,9 @@ class WorkerSchema(Schema):
 class RecentSchema(Schema):
     id = _always(fields.String)
     status = _always(fields.String)
-    language = _always(fields.String)
+    language = _always(
+        fields.String, allow_none=True, metadata=_doc("Null for a producer's message not yet read.")
+    )
     duration_ms = _always(fields.Integer, allow_none=True)
     created_at = _always(fields.String, metadata=_TIME)
     worker = _always(fields.String, allow_none=True)

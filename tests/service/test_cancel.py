@@ -215,3 +215,19 @@ def test_api_messages_carry_no_code_or_stdin(
     delete(api, busy)
     body = finished(api, queued)
     assert body["status"] == "success" and body["stdout"].strip() in secret_code
+
+
+def test_a_producers_running_execution_with_its_own_id_is_labelled_and_deleted(
+    api: str, producer: Celery, raw_docker: docker.DockerClient
+):
+    task_id = f"job:{uuid.uuid4().hex[:8]}.retry_1"
+    result = producer.send_task(
+        "executor.execute", args=[{"code": SLEEPER, "timeout": 55}], queue=QUEUE, task_id=task_id
+    )
+    # Its container carries its id as a label (`sleeping` finds the container by it).
+    wait_until("it sleeping", lambda: sleeping(raw_docker, task_id, "sleep 50"), 60)
+    response = delete(api, task_id)
+    body = response.json() if response.status_code == 200 else finished(api, task_id)
+    assert body["id"] == task_id
+    assert_killed_with_its_output(body)
+    assert result.get(timeout=60) == body  # the producer's result says so too
