@@ -21,6 +21,7 @@ from celery import Celery
 from executor.config import Settings
 from executor.names import QUEUE
 from executor.policy import LABEL_EXECUTION
+from executor.web import schemas
 from tests.conftest import sandboxes, wait_gone
 from tests.service.conftest import (
     ONE_SLOT_WORKER,
@@ -168,8 +169,9 @@ def test_a_producers_execution_is_visible_and_timed_while_queued(
     result = producer.send_task("executor.execute", args=[{"code": "print(6*7)"}], queue=QUEUE)
     pending = get(api, result.id)
     assert pending.status_code == 202 and pending.json() == {"id": result.id, "status": "queued"}
-    recent = requests.get(f"{api}/status", timeout=10).json()["recent"]
-    assert {"id": result.id, "status": "queued"}.items() <= recent[0].items()
+    status = requests.get(f"{api}/status", timeout=10).json()
+    assert {"id": result.id, "status": "queued"}.items() <= status["recent"][0].items()
+    assert schemas.StatusSchema().validate(status) == {}  # its language is not known yet
 
     ended = delete(api, busy)
     busy_body = ended.json() if ended.status_code == 200 else finished(api, busy)
