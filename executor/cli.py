@@ -177,7 +177,7 @@ def status(client: Client, args: argparse.Namespace) -> int:
     out.write(f"recent executions ({len(recent)}):\n")
     for item in recent[: args.recent]:
         out.write(
-            f"  {item.get('id')}  {item.get('status', ''):<14} {item.get('language', '')}"
+            f"  {item.get('id')}  {item.get('status', ''):<14} {item.get('language') or ''}"
             f"  {item.get('duration_ms', '')} ms\n"
         )
     return 0

@@ -14,6 +14,7 @@ message alone (``cls(str(exc))``), so errors cross the Celery boundary intact.
     │                                                     key, on an operator's endpoint
     ├── ExecutionNotFound            404 not_found        an id never submitted (or another
     │                                                     key's execution)
+    ├── ExecutionFinished            409 already_finished a cancel came after the end
     ├── QueueFull                    429 queue_full       back-pressure, retry later
     ├── RateLimited                  429 rate_limited     this key's EXECUTOR_RATE_LIMIT is
     │                                                     spent; retry after Retry-After
@@ -94,6 +95,13 @@ class ExecutionNotFound(ExecutorError):
 
     status = 404
     code = "not_found"
+
+
+class ExecutionFinished(ExecutorError):
+    """The execution has already finished: there is nothing left to cancel."""
+
+    status = 409
+    code = "already_finished"
 
 
 class QueueFull(ExecutorError):

@@ -1,10 +1,11 @@
 """What a worker process does every second, beside its executions.
 
 `Heartbeat` says the worker is alive (its /status entry, with the counts of what happened
-since the last beat), finishes executions whose worker died, and runs the time-limit
-backstop: Celery's time limits are not enforced by its threads pool, so an execution still
-running past the hard limit is warned about at the soft one and finished as a sandbox_error
-at the hard one (its sandbox's own deadline and the reaper still remove the container).
+since the last beat), finishes executions whose worker died, runs what the runtime asks each
+beat (cancels, producers' messages) and the time-limit backstop: Celery's time limits are not
+enforced by its threads pool, so an execution still running past the hard limit is warned
+about at the soft one and finished as a sandbox_error at the hard one (its sandbox's own
+deadline and the reaper still remove the container).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -141,8 +142,11 @@ class Heartbeat:
         info: Callable[[], dict[str, Any]],
         events: Events,
         backstop: Backstop,
+        each_beat: Sequence[Callable[[], object]] = (),
     ) -> None:
+        """`each_beat`: more to do every beat (cancels, producers' messages)."""
         self.store = store
+        self._each_beat = tuple(each_beat)
         self.incarnation = incarnation
         self._info = info
         self._events = events
@@ -184,6 +188,8 @@ class Heartbeat:
                 self.beat()
                 self.store.sweep_lost()
                 self._backstop.enforce()
+                for task in self._each_beat:
+                    task()
             except ExecutorError as e:
                 log.warning("heartbeat failed: %s", e)
             except Exception:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-STATUSES = ("success", "error", "timeout", "memory_limit", "compile_error")
+STATUSES = ("success", "error", "timeout", "memory_limit", "compile_error", "cancelled")
 FINISHED = (*STATUSES, "internal_error")
 
 

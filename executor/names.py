@@ -42,6 +42,10 @@ DONE = PREFIX + "done:"  # + id
 IDEMPOTENCY = PREFIX + "idempotency:"  # + sha256 of an Idempotency-Key
 FINISHED = PREFIX + "finished"  # pub/sub: the id of each execution that just finished
 COUNTERS = PREFIX + "counters"
+CANCEL = PREFIX + "cancel:"  # + id: set while a running execution is to be cancelled
+CANCELS = PREFIX + "cancels"  # pub/sub: the id of each running execution to be cancelled
+ADOPTING = PREFIX + "adopting"  # held by the worker that looks for producers' messages
+ADOPTING_ON_DEMAND = PREFIX + "adopting:on-demand"  # the same, for the API's looks
 WORKER = PREFIX + "worker:"  # + incarnation
 WORKERS = PREFIX + "workers"
 

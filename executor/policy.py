@@ -39,7 +39,19 @@ MIN_MEMORY_MB = 16
 MIN_CPUS = 0.05
 # Label values: fullmatch only (a `$` anchor would let a trailing newline through).
 WORKER_ID = re.compile(r"[A-Za-z0-9_.-]{1,80}:[0-9]{1,10}:[0-9a-f]{8}")
-EXECUTION_ID = re.compile(r"[A-Za-z0-9._:-]{0,128}")
+EXECUTION_ID = re.compile(r"[A-Za-z0-9._:-]{0,128}")  # empty: a warm container's
+ID_RULE = "1 to 128 characters of A-Z a-z 0-9 . _ : -"
+
+
+def valid_execution_id(execution_id: object) -> bool:
+    """Whether `execution_id` may name an execution (a UUID, or a producer's own task id)."""
+    return (
+        isinstance(execution_id, str)
+        and bool(execution_id)
+        and bool(EXECUTION_ID.fullmatch(execution_id))
+    )
+
+
 PROFILE = re.compile(r"[a-z0-9_+-]{1,32}-[0-9]{1,6}m-[0-9.]{1,12}cpu")
 _UID = re.compile(r"[1-9][0-9]{0,9}")
 

@@ -6,30 +6,36 @@ what the Celery task does with one message; `stop()` (on worker shutdown) drains
 says goodbye.
 
 An execution's life on a worker: claim its record (queued -> running, or create it for a
-producer that bypassed HTTP), validate the payload (with the API's request schema), run it,
-finish the record with the result and wake the waiter. A message delivered a second time
-(Redis re-delivers an unacknowledged message whose worker died) is never run again: untrusted
-code must not run twice because a worker was lost. The execution is finished as
-`internal_error` / `execution_lost` instead, by the first process that notices its worker's
-heartbeat has stopped.
+producer's message nobody adopted yet), take its request (an API submission's is stored with
+the record, its message carries none; a producer's is the message's argument), validate it
+(with the API's request schema), run it, finish the record with the result and wake the
+waiter. A cancel (DELETE, or a Celery revoke) stops it (see executor.cancellation). A message
+delivered a second time (Redis re-delivers an unacknowledged message whose worker died) is
+never run again: untrusted code must not run twice because a worker was lost. The execution is
+finished as `internal_error` / `execution_lost` instead, by the first process that notices its
+worker's heartbeat has stopped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, Protocol
 
 from executor import metrics
+from executor.cancellation import Cancellations, CancelToken
 from executor.celery_app import TimeLimits
 from executor.config import Settings
 from executor.errors import ExecutorError, InvalidRequest, SandboxError, error_for
 from executor.heartbeat import Backstop, Events, Heartbeat, PoolStats
 from executor.languages import REGISTRY
 from executor.models import RunRequest, RunResult, iso
+from executor.policy import ID_RULE, valid_execution_id
 from executor.request_schema import parse_request, request_schema
 from executor.store import Claim, Store
 
@@ -43,7 +49,9 @@ class Service(Protocol):
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
-    def run(self, request: RunRequest, execution_id: str) -> RunResult: ...
+    def run(
+        self, request: RunRequest, execution_id: str, cancel: CancelToken | None = None
+    ) -> RunResult: ...
     def pool_stats(self) -> dict[str, Any]: ...
     def ping(self) -> None: ...
 
@@ -63,7 +71,9 @@ class WorkerRuntime:
         *,
         service_factory: Callable[[Settings, EventSink], Service] = default_service,
         store: Store | None = None,
+        revoked: Callable[[], Iterable[str]] = lambda: (),
     ) -> None:
+        """`revoked`: the ids Celery revoked (the worker's revoked set)."""
         self.settings = settings
         self.requests = request_schema(settings)()
         self.incarnation = f"{settings.instance}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -78,8 +88,17 @@ class WorkerRuntime:
         self._started_at = ""
         self.events = Events()
         self.backstop = Backstop(TimeLimits.from_settings(settings), self._fail)
+        self.cancellations = Cancellations()
+        self._revoked = revoked
+        self._revoked_seen: set[str] = set()
+        self._stop_listening: Callable[[], None] | None = None
         self.heartbeat = Heartbeat(
-            self.store, self.incarnation, self.info, self.events, self.backstop
+            self.store,
+            self.incarnation,
+            self.info,
+            self.events,
+            self.backstop,
+            each_beat=(self.watch_cancels, self.store.adopt),
         )
         self._pool_stats = PoolStats()
 
@@ -99,6 +118,7 @@ class WorkerRuntime:
             self._service = self._service_factory(self.settings, self.events)
             self._started_at = iso()
         self._service.start()
+        self._stop_listening = self.store.listen_cancels(self.cancellations.cancel)
         try:
             self.heartbeat.beat()
             lost = self.store.sweep_lost()
@@ -117,6 +137,8 @@ class WorkerRuntime:
     def stop(self) -> None:
         """Stop beating, drain the pool, and mark whatever still ran here as lost."""
         self.heartbeat.stop()
+        if self._stop_listening is not None:
+            self._stop_listening()
         with self._lock:
             service, self._service = self._service, None
         if service is not None:
@@ -153,21 +175,39 @@ class WorkerRuntime:
         The program's own failure is a result. An invalid payload or an infrastructure fault
         finishes the record as internal_error and raises the matching ExecutorError.
         """
+        if not valid_execution_id(execution_id):
+            # No record: its id could not name it anywhere (URL, label). The producer's
+            # result (Celery's backend, under its task id) says why.
+            log.warning("a message with the unusable id %.40r was refused", execution_id)
+            raise InvalidRequest(
+                f"the task id {execution_id[:140]!r} cannot name an execution: use {ID_RULE}",
+                errors={"task_id": [f"Must be {ID_RULE}."]},
+            )
         service = self.service
         claim = self.store.claim(
             execution_id, _language_of(payload), self.incarnation, self.settings.instance
         )
         if not claim.claimed:
             return self._redelivered(execution_id, claim)
-        with self.backstop.running(execution_id, _build_allowance(payload)):
+        if payload is None and claim.request:
+            payload = json.loads(claim.request)  # an API submission: its stored request
+        with (
+            self.backstop.running(execution_id, _build_allowance(payload)),
+            self.cancellations.running(execution_id) as cancel,
+        ):
             try:
+                if payload is None:
+                    raise InvalidRequest(
+                        "the message carries no request and none is stored for it",
+                        errors={"request": ["Missing data for required field."]},
+                    )
                 request = parse_request(self.requests, payload)
             except InvalidRequest as e:
                 log.warning("execution %s rejected: %s", execution_id, e.message)
                 self._fail(execution_id, e, counter=metrics.REJECTED)
                 raise
             try:
-                result = service.run(request, execution_id)
+                result = service.run(request, execution_id, cancel)
             except ExecutorError as e:
                 log.error("execution %s could not run: %s: %s", execution_id, e.code, e.message)
                 self._fail(execution_id, e)
@@ -190,7 +230,9 @@ class WorkerRuntime:
 
     def _result_body(self, execution_id: str, claim: Claim, result: RunResult) -> dict[str, Any]:
         data = result.to_dict()
-        queued_ms = max(0, round((claim.started - claim.created) * 1000))
+        # Until the program started: the queue, the claim, and a cold container's boot.
+        started = _epoch(result.started_at) if result.started_at else claim.started
+        queued_ms = max(0, round((started - claim.created) * 1000))
         body: dict[str, Any] = {"id": execution_id}
         for key in ("status", "compile", "exit_code", "signal", "stdout", "stderr"):
             body[key] = data.pop(key)
@@ -230,6 +272,9 @@ class WorkerRuntime:
 
     def _redelivered(self, execution_id: str, claim: Claim) -> dict[str, Any]:
         """A message whose execution was already taken: answer from the record, never rerun."""
+        if claim.status == "cancelled" and claim.payload is not None:
+            log.info("execution %s was cancelled before it started: not run", execution_id)
+            return claim.payload
         log.warning(
             "execution %s delivered again (record is %s); not running it twice",
             execution_id,
@@ -255,6 +300,25 @@ class WorkerRuntime:
         if record is not None and record.payload and record.status == "internal_error":
             return error_for(str(record.payload.get("code")), str(record.payload.get("message")))
         return ExecutorError(f"execution {execution_id}: its record was finished by another")
+
+    # -- cancels --------------------------------------------------------------------------
+
+    def watch_cancels(self) -> None:
+        """Each beat: stop what runs here and was cancelled (DELETE's flag, or a Celery revoke),
+        and cancel the queued executions Celery revoked since the last beat."""
+        running = self.cancellations.ids()
+        revoked = set(self._revoked())
+        for execution_id in {*self.store.cancel_requested(running), *(revoked & set(running))}:
+            self.cancellations.cancel(execution_id)
+        for execution_id in revoked - self._revoked_seen - set(running):
+            if valid_execution_id(execution_id):
+                self.store.cancel(execution_id)
+        self._revoked_seen = revoked
+
+    def revoked_now(self, execution_id: str) -> None:
+        """Celery revoked `execution_id` here (its message, or its running task): cancel it."""
+        if valid_execution_id(execution_id) and not self.cancellations.cancel(execution_id):
+            self.store.cancel(execution_id)
 
     # -- what the heartbeat sends ------------------------------------------------------
 
@@ -283,6 +347,11 @@ class WorkerRuntime:
         }
 
 
+def _epoch(moment: str) -> float:
+    """Seconds since the epoch of one of our ISO 8601 timestamps."""
+    return datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
+
+
 def _build_allowance(payload: Any) -> float:
     """The build time limit of the payload's language, if it compiles (0 otherwise)."""
     language = next((lang for lang in REGISTRY if lang.name == _language_of(payload)), None)
@@ -291,5 +360,7 @@ def _build_allowance(payload: Any) -> float:
 
 def _language_of(payload: Any) -> str:
     """The language to file a record under before the payload is validated."""
+    if payload is None:
+        return ""  # an API submission: its record has the language
     language = payload.get("language") if isinstance(payload, dict) else None
     return language[:32] if isinstance(language, str) else "python"

@@ -10,16 +10,18 @@ started outlives its execution, and the counters count only what Docker confirme
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from executor import metrics
+from executor.cancellation import CancelToken
 from executor.config import Settings
 from executor.engine import Engine
 from executor.errors import ContainerLost, SandboxError, UidInUse
@@ -30,7 +32,11 @@ from executor.uids import UidAllocator, UidsExhausted
 
 log = logging.getLogger(__name__)
 
-DEADLINE_GRACE_S = 1.0  # the runner kills at the deadline; we kill the container this much later
+# The runner kills at the deadline and reports; we kill the container this much after the
+# deadline, counted from when the runner took the program: enough for a runner's report that
+# a loaded host delays, small enough that a program whose runner froze is not credited with
+# much more than its limit.
+DEADLINE_GRACE_S = 0.5
 UID_ATTEMPTS = 5  # draws of a uid before a create gives up (another worker may hold each)
 
 Events = Callable[[str, int], None]
@@ -178,8 +184,14 @@ class Sandbox:
             self.uids.release(uid)
         self.events(metrics.CONTAINERS_REMOVED, 1)
 
-    def execute(self, container: Container, request: RunRequest) -> RunResult:
+    def execute(
+        self, container: Container, request: RunRequest, cancel: CancelToken | None = None
+    ) -> RunResult:
         """Run `request` in `container` (once). Outcomes of the program are data; faults raise.
+
+        `started_at` is when the runner took the program (a cold container's boot before it is
+        not the program's time). A `cancel` kills the container at once: the result is then
+        `cancelled` with the output written until then.
 
         Raises ContainerLost when the runner ended before it had the whole request: then
         nothing of the program ran, and a fresh container may take it.
@@ -196,37 +208,56 @@ class Sandbox:
             raise ContainerLost(
                 f"container {container.id[:12]} ended before its program arrived: {e}"
             ) from None
-        started_at = iso()
-        delivered = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         budget = limits.timeout + (language.compile_timeout if language.compile else 0.0)
-        deadline = delivered + budget + DEADLINE_GRACE_S
+        # Until the runner takes the program, a cold one may still be booting.
+        deadline = started + budget + self.settings.docker_timeout
         if container.pending:
             reply.feed(container.pending)
         killed = False
-        while not reply.done:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                killed = True
-                break
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(262144)
-            except TimeoutError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                break
-            reply.feed(data)
-        measured_ms = int((time.monotonic() - delivered) * 1000)
-        if not reply.accepted and not killed:
+        stop = cancel.stopping_with if cancel is not None else _no_stop
+        took = reply.accepted
+        with stop(lambda: self.engine.kill(container.id)):
+            while not reply.done:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    killed = True
+                    break
+                sock.settimeout(remaining)
+                try:
+                    data = sock.recv(262144)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                reply.feed(data)
+                if reply.accepted and not took:
+                    took = True  # the program's own time starts now
+                    started, started_wall = time.monotonic(), time.time()
+                    deadline = started + budget + DEADLINE_GRACE_S
+        measured_ms = int((time.monotonic() - started) * 1000)
+        # Read in one piece with the result (a short program), the runner's `accepted` came in
+        # late: its reported times say when the program began.
+        reported_ms = _reported_ms(reply)
+        if reported_ms > measured_ms:
+            started_wall -= (reported_ms - measured_ms) / 1000
+        started_at = iso(started_wall)
+        cancelled = cancel is not None and cancel.is_set()
+        if not reply.accepted and not killed and not cancelled:
             raise ContainerLost(
                 f"container {container.id[:12]} ended before its program arrived"
                 + (f": {reply.broken}" if reply.broken else "")
             )
-        if killed or reply.broken:
+        if killed or reply.broken or cancelled:
             self.engine.kill(container.id)
-        return self._result(container, request, reply, killed, measured_ms, started_at)
+        result = self._result(container, request, reply, killed, measured_ms, started_at)
+        if cancelled and not reply.done:
+            result.status, result.exit_code, result.signal = "cancelled", None, "SIGKILL"
+            result.duration_ms = measured_ms if reply.accepted else 0
+            result.stderr = reply.text(b"E")  # without the "ended without a result" note
+        return result
 
     def _result(
         self,
@@ -308,6 +339,20 @@ class Sandbox:
             finished_at=iso(),
             container_id=container.id,
         )
+
+
+@contextlib.contextmanager
+def _no_stop(stop: Callable[[], None]) -> Iterator[None]:
+    yield
+
+
+def _reported_ms(reply: Reply) -> int:
+    """The build's and the run's time as the runner reported them (0 without a report)."""
+    final = reply.final
+    if final is None:
+        return 0
+    steps = (final.compile, final.run)
+    return sum(step.duration_ms for step in steps if step is not None)
 
 
 def _runtime_out_of_memory(language: Language, run: Step, stderr: str) -> bool:

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from executor.cancellation import CancelToken
 from executor.config import Settings
 from executor.engine import Engine
 from executor.errors import ContainerLost, InvalidRequest
@@ -87,8 +88,13 @@ class ExecutionService:
         self._disposer.shutdown(wait=True)
         self.engine.close()
 
-    def run(self, request: RunRequest, execution_id: str) -> RunResult:
-        """Run `request` once in a fresh container (warm when one fits) and remove it after."""
+    def run(
+        self, request: RunRequest, execution_id: str, cancel: CancelToken | None = None
+    ) -> RunResult:
+        """Run `request` once in a fresh container (warm when one fits) and remove it after.
+
+        A `cancel` kills the container (see executor.cancellation): the result is `cancelled`.
+        """
         language = self.languages.get(request.language)
         if language is None:
             raise InvalidRequest(
@@ -108,19 +114,24 @@ class ExecutionService:
             warm = self.pool.take(language, limits.memory_mb, limits.cpus)
         if warm is not None:
             try:
-                return self._execute(warm, request, execution_id, warm=True)
+                return self._execute(warm, request, execution_id, True, cancel)
             except ContainerLost as e:
                 # Nothing of the program ran: a fresh container may take it.
                 log.warning("execution %s: warm container lost (%s); going cold", execution_id, e)
         cold = self.sandbox.prepare(language, limits.memory_mb, limits.cpus, execution_id)
-        return self._execute(cold, request, execution_id, warm=False)
+        return self._execute(cold, request, execution_id, False, cancel)
 
     def _execute(
-        self, container: Container, request: RunRequest, execution_id: str, warm: bool
+        self,
+        container: Container,
+        request: RunRequest,
+        execution_id: str,
+        warm: bool,
+        cancel: CancelToken | None,
     ) -> RunResult:
         """Run in `container`, then dispose of it whatever happened."""
         try:
-            result = self.sandbox.execute(container, request)
+            result = self.sandbox.execute(container, request, cancel)
         finally:
             self.dispose(container)
         result.warm = warm

@@ -3,12 +3,20 @@
 Everything here is shared by every API and worker process. Keys (all under ``executor:``):
 
     execution:<id>   hash: the record (status, language, created, worker, result JSON...),
-                     expiring EXECUTOR_RESULT_TTL after its last change
+                     expiring EXECUTOR_RESULT_TTL after its last change; while queued, an
+                     API submission's `request` (the body as JSON): its Celery message
+                     carries only the id, and the worker takes the request at its claim
     recent           list of ids, newest first, capped at EXECUTOR_HISTORY_SIZE
     running          hash: id -> the worker incarnation that runs it
     done:<id>        list holding the final payload once: what a waiting POST /execute pops
     finished         pub/sub channel: the id of each execution as it finishes (wakes waiters)
     counters         hash: executions by status, containers, durations
+    cancel:<id>      string: set while a running execution is to be cancelled; the worker
+                     that runs it hears it on ``cancels`` (pub/sub) at once, or finds it at
+                     its next heartbeat, and kills its container
+    adopting         string: held for a second by the worker that looks for producers'
+                     messages in the queue (`adopt()`); `adopting:on-demand` the same for
+                     the API, held for ADOPT_ON_DEMAND_MS
     worker:<inc>     string: a worker incarnation's heartbeat (JSON), expiring HEARTBEAT_TTL_S
     workers          sorted set of incarnations that have beaten
     history, history:<field>:<value>
@@ -19,10 +27,11 @@ A record's `owner` field is the id of the API key that submitted it (executor.we
 the key; `summary` is its history item once finished (the result without its output), kept
 only when the output is large enough for that to matter (executor.history.summary).
 
-A record moves queued -> running -> finished (a status of the contract, or internal_error);
-each step is one Lua script, so a record is never half written and a finish is applied only by
-the incarnation that claimed the execution. A running execution whose incarnation stopped
-beating is "lost": `sweep_lost()` finishes it as internal_error (any process may sweep).
+A record moves queued -> running -> finished (a status of the contract, or internal_error), or
+queued -> cancelled; each step is one Lua script, so a record is never half written and a
+finish is applied only by the incarnation that claimed the execution. A running execution
+whose incarnation stopped beating is "lost": `sweep_lost()` finishes it as internal_error (any
+process may sweep).
 
 Waiting for a result costs no Redis connection per waiter: each process subscribes once to
 ``finished`` (a listener thread, a greenlet under gevent) and wakes the waiters of the ids it
@@ -40,7 +49,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -50,10 +59,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from executor import metrics
+from executor.cancellation import cancelled_before_start
 from executor.errors import ExecutorError, NoWorkers, QueueFull, RedisUnavailable
 from executor.history import History, HistoryPage, HistoryQuery, summary
 from executor.models import iso
 from executor.names import (
+    ADOPTING,
+    ADOPTING_ON_DEMAND,
+    CANCEL,
+    CANCELS,
     COUNTERS,
     DONE,
     FINISHED,
@@ -62,6 +76,7 @@ from executor.names import (
     RECENT,
     RECORD,
     RUNNING,
+    TASK_NAME,
     WORKER,
     WORKERS,
 )
@@ -70,6 +85,10 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_S = 6  # a worker silent for this long is taken for dead
+ADOPT_LIMIT = 1000  # messages a look for producers' messages reads, newest first
+ADOPT_BYTES = 8 << 20  # and at most this much of them (a producer's message holds its code)
+ADOPT_EVERY_MS = 1000  # the workers' looks, together, at most once per this
+ADOPT_ON_DEMAND_MS = 200  # the API's looks (an unknown id asked for), at most once per this
 DONE_TTL_S = 30  # how long a finished payload waits for the POST /execute that asked for it
 WAIT_SLICE_S = 2.0  # one wait; between slices the waiter looks for a lost worker
 POOL_SIZE = 64  # Redis connections per process
@@ -91,7 +110,7 @@ end
 if live == 0 then return {'no_workers', depth} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', depth} end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', 'queued', 'language', ARGV[2],
-           'created', ARGV[3], 'created_at', ARGV[4])
+           'created', ARGV[3], 'created_at', ARGV[4], 'request', ARGV[11])
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'owner', ARGV[10]) end
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('LPUSH', KEYS[2], ARGV[1])
@@ -110,14 +129,19 @@ if not status then
   redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
 elseif status ~= 'queued' then
   return {status, redis.call('HGET', KEYS[1], 'incarnation') or '',
-          redis.call('HGET', KEYS[1], 'result') or ''}
+          redis.call('HGET', KEYS[1], 'result') or '', ''}
 end
+if ARGV[8] ~= '' and (redis.call('HGET', KEYS[1], 'language') or '') == '' then
+  redis.call('HSET', KEYS[1], 'language', ARGV[8])  -- a producer's message, adopted unread
+end
+local request = redis.call('HGET', KEYS[1], 'request') or ''
+redis.call('HDEL', KEYS[1], 'request')
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[3], 'incarnation', ARGV[2],
            'started', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
 return {'claimed', redis.call('HGET', KEYS[1], 'created'),
-        redis.call('HGET', KEYS[1], 'created_at')}
+        redis.call('HGET', KEYS[1], 'created_at'), request}
 """
 
 _FINISH = """
@@ -136,8 +160,63 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[8], 1)
 redis.call('LPUSH', KEYS[4], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[7])
+redis.call('DEL', KEYS[5])
 redis.call('PUBLISH', ARGV[11], ARGV[1])
 return 1
+"""
+
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'unknown', ''} end
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'result', ARGV[1])
+  redis.call('HDEL', KEYS[1], 'request')
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
+  redis.call('LPUSH', KEYS[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  return {'queued', ARGV[1]}
+end
+if status == 'running' then
+  redis.call('SET', KEYS[4], '1', 'EX', ARGV[2])
+  redis.call('PUBLISH', ARGV[7], ARGV[6])
+  return {'running', ''}
+end
+return {status, redis.call('HGET', KEYS[1], 'result') or ''}
+"""
+
+# Producers' messages wait in kombu's lists (LPUSHed, so the newest first) as JSON whose
+# `headers` carry the task name and id. This finds the id without decoding the body (base64,
+# up to megabytes): after "headers", the key "id" follows a `{` or `,` outside any string
+# (a quote inside a JSON string is escaped). Only ids of the allowed charset are taken.
+_ADOPT = """
+if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[8]) then return false end
+local budget, bytes = tonumber(ARGV[7]), tonumber(ARGV[10])
+local adopted = {}
+for k = 4, #KEYS do
+  local n = redis.call('LLEN', KEYS[k])
+  local i = 0
+  while i < n and budget > 0 and bytes > 0 do
+    for _, raw in ipairs(redis.call('LRANGE', KEYS[k], i, i + 15)) do
+      budget, bytes = budget - 1, bytes - #raw
+      local h = string.find(raw, '"headers"', 1, true)
+      local id = h and string.match(raw, '[{,]%s*"id"%s*:%s*"([%w%._:%-]+)"', h)
+      local ours = h and string.find(raw, '"task"%s*:%s*"' .. ARGV[9] .. '"', h)
+      if id and ours and #id <= 128 and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+        redis.call('HSET', ARGV[1] .. id, 'id', id, 'status', 'queued', 'language', '',
+                   'created', ARGV[2], 'created_at', ARGV[3])
+        redis.call('EXPIRE', ARGV[1] .. id, ARGV[4])
+        redis.call('LPUSH', KEYS[1], id)
+        redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[5]) - 1)
+        redis.call('HINCRBY', KEYS[2], ARGV[6], 1)
+        adopted[#adopted + 1] = id
+      end
+    end
+    i = i + 16
+  end
+end
+return adopted
 """
 
 _SWEEP = """
@@ -227,6 +306,7 @@ class Claim:
     created_at: str = ""
     incarnation: str = ""
     payload: dict[str, Any] | None = None
+    request: str = ""  # an API submission's stored request (JSON), taken with the claim
 
 
 # Error prefixes of a Redis that is up but unusable (protected mode, auth, replica, loading,
@@ -261,6 +341,8 @@ class Store:
         self._claim = self.redis.register_script(_CLAIM)
         self._finish = self.redis.register_script(_FINISH)
         self._sweep = self.redis.register_script(_SWEEP)
+        self._cancel = self.redis.register_script(_CANCEL)
+        self._adopt = self.redis.register_script(_ADOPT)
         self._finishes = _Finishes(self.redis)
         self._history = History(self.redis, ttl_s)
 
@@ -292,9 +374,11 @@ class Store:
 
     # -- submission and the wait (API) --------------------------------------------------
 
-    def submit(self, execution_id: str, language: str, max_queue: int, owner: str = "") -> int:
-        """Record a new queued execution (of the API key whose id is `owner`, if any); return
-        the queue depth it found.
+    def submit(
+        self, execution_id: str, language: str, max_queue: int, *, request: str, owner: str = ""
+    ) -> int:
+        """Record a new queued execution with its `request` (JSON, kept until a worker claims
+        it), of the API key whose id is `owner` if any; return the queue depth it found.
 
         Raises QueueFull when `max_queue` executions are waiting and NoWorkers when no worker
         beats: then nothing is recorded.
@@ -317,7 +401,7 @@ class Store:
         ]
         with self._translated("record a submission"):
             outcome, depth = self._submit(
-                keys, [*args, max_queue, WORKER, metrics.SUBMITTED, owner]
+                keys, [*args, max_queue, WORKER, metrics.SUBMITTED, owner, request]
             )
         if outcome == "ok":
             self._index(execution_id)
@@ -409,7 +493,9 @@ class Store:
     def claim(self, execution_id: str, language: str, incarnation: str, worker: str) -> Claim:
         """Mark `execution_id` running on `incarnation` unless a delivery already took it.
 
-        A record that does not exist yet (a producer that bypassed HTTP) is created.
+        A record that does not exist yet (a producer's message nobody adopted) is created.
+        The claim takes the stored request of an API submission (`Claim.request`) off the
+        record. `language` ('' when unknown) fills in the language of an adopted record.
         """
         now = time.time()
         keys = [
@@ -430,7 +516,9 @@ class Store:
             reply = self._claim(keys, [*args, self.history_size, language, metrics.SUBMITTED])
         if reply[0] == "claimed":
             self._index(execution_id)
-            return Claim(True, "running", now, float(reply[1]), str(reply[2]), incarnation)
+            return Claim(
+                True, "running", now, float(reply[1]), str(reply[2]), incarnation, None, reply[3]
+            )
         payload = json.loads(reply[2]) if reply[2] else None
         return Claim(False, str(reply[0]), incarnation=str(reply[1]), payload=payload)
 
@@ -454,6 +542,7 @@ class Store:
             RUNNING,
             COUNTERS,
             DONE + execution_id,
+            CANCEL + execution_id,
         ]
         args: list[str | int | float] = [
             execution_id,
@@ -473,6 +562,121 @@ class Store:
         if stored:
             self._index(execution_id, summary(payload, str(args[3])))
         return stored
+
+    # -- cancelling --------------------------------------------------------------------------
+
+    def cancel(self, execution_id: str) -> tuple[str, dict[str, Any] | None]:
+        """Cancel `execution_id`: (what it was, its final payload if it has one).
+
+        A queued execution is finished as `cancelled` at once (its waiter wakes; a worker
+        that later gets its message finds it finished and does not run it): ("queued",
+        payload). A running one is flagged for its worker, which kills its container and
+        finishes it: ("running", None). A finished one is left alone: ("finished", payload).
+        ("unknown", None) for an id never submitted. Idempotent.
+        """
+        with self._translated("cancel an execution"):
+            fields = self.redis.hmget(_record(execution_id), "language", "created", "created_at")
+        language, created, created_at = (str(f) if f is not None else None for f in fields)
+        now = time.time()
+        body = cancelled_before_start(
+            execution_id, language or "", float(created or now), created_at or iso(now), now
+        )
+        keys = [_record(execution_id), COUNTERS, DONE + execution_id, CANCEL + execution_id]
+        args: list[str | int | float] = [json.dumps(body), self.ttl_s, DONE_TTL_S]
+        with self._translated("cancel an execution"):
+            args += [metrics.executions("cancelled"), FINISHED, execution_id, CANCELS]
+            outcome, result = self._cancel(keys, args)
+        payload = json.loads(result) if result else None
+        if outcome == "queued":
+            self._index(execution_id)  # no output to leave out of its item
+            return "queued", payload
+        if outcome in ("unknown", "running"):
+            return str(outcome), None
+        return "finished", payload
+
+    def listen_cancels(self, cancel: Callable[[str], object]) -> Callable[[], None]:
+        """Call `cancel(id)` for each running execution whose cancel is asked for from now on,
+        from a thread of its own (resubscribing after a Redis fault); returns what stops it.
+        A cancel it misses (Redis restarting) is found by `cancel_requested()`."""
+        stopping = threading.Event()
+
+        def listen() -> None:
+            while not stopping.is_set():
+                pubsub = self.redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                try:
+                    pubsub.subscribe(CANCELS)
+                    while not stopping.is_set():
+                        message = pubsub.get_message(timeout=_Finishes.POLL_S)
+                        if message is not None and message.get("type") == "message":
+                            cancel(str(message["data"]))
+                except redis.RedisError:
+                    stopping.wait(_Finishes.RETRY_S)
+                finally:
+                    pubsub.close()
+
+        thread = threading.Thread(target=listen, name="executor-cancels", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            stopping.set()
+            thread.join(_Finishes.POLL_S + 1.0)
+
+        return stop
+
+    def cancel_requested(self, execution_ids: list[str]) -> list[str]:
+        """Those of `execution_ids` (running here) whose cancel was asked for."""
+        if not execution_ids:
+            return []
+        with self._translated("look for cancel requests"):
+            pipe = self.redis.pipeline(transaction=False)
+            for execution_id in execution_ids:
+                pipe.exists(CANCEL + execution_id)
+            flags = pipe.execute()
+        return [i for i, flag in zip(execution_ids, flags, strict=True) if flag]
+
+    def wait_finished(self, execution_id: str, seconds: float) -> Record | None:
+        """The record of `execution_id`, once finished or after `seconds` (at most a slice),
+        whichever comes first; without taking its payload from a POST /execute waiter."""
+        event = self._finishes.watch(execution_id)
+        try:
+            record = self.get(execution_id)
+            if record is not None and record.payload is None and seconds > 0:
+                event.wait(min(seconds, WAIT_SLICE_S))
+                record = self.get(execution_id)
+            return record
+        finally:
+            self._finishes.unwatch(execution_id, event)
+
+    # -- producers' messages -----------------------------------------------------------------
+
+    def adopt(self, *, on_demand: bool = False) -> int:
+        """Record producers' queued messages that have no record yet; how many were new.
+
+        Looks at the newest messages of the queues (ADOPT_LIMIT, ADOPT_BYTES); their
+        executions become `queued`, created now (a Celery message carries no time it was
+        sent). The workers' heartbeats look together at most once a second; the API looks
+        `on_demand` (an id it does not know), at most every ADOPT_ON_DEMAND_MS across all its
+        processes, waiting that long for its turn once, so a flood of unknown ids costs Redis
+        little.
+        """
+        lock, every = (ADOPTING, ADOPT_EVERY_MS)
+        if on_demand:
+            lock, every = (ADOPTING_ON_DEMAND, ADOPT_ON_DEMAND_MS)
+        for attempt in range(2 if on_demand else 1):
+            if attempt:
+                time.sleep(every / 1000)
+            now = time.time()
+            keys = [RECENT, COUNTERS, lock, *QUEUE_KEYS]
+            args: list[str | int | float] = [RECORD, repr(now), iso(now), self.ttl_s]
+            args += [self.history_size, metrics.SUBMITTED, ADOPT_LIMIT, every]
+            args += [TASK_NAME.replace(".", "%."), ADOPT_BYTES]
+            with self._translated("look for producers' messages"):
+                adopted = self._adopt(keys, args)  # None: another process looks right now
+            if adopted is not None:
+                for execution_id in adopted:
+                    self._index(str(execution_id))
+                return len(adopted)
+        return 0
 
     def sweep_lost(self) -> list[str]:
         """Finish as internal_error every running execution whose worker stopped beating."""
@@ -584,7 +788,7 @@ def _recent_entry(execution_id: str, row: list[str | None]) -> dict[str, Any]:
     return {
         "id": execution_id,
         "status": status,
-        "language": language,
+        "language": language or None,  # a producer's message not picked up yet
         "duration_ms": int(duration) if duration else None,
         "created_at": created_at,
         "worker": worker or None,

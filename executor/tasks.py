@@ -3,6 +3,13 @@
 `create_worker(settings)` is the API's Celery app (executor.celery_app) with `executor.execute`
 registered and the worker's lifecycle wired: one WorkerRuntime per process, started on
 worker_ready, stopped on worker_shutdown. Nothing connects at build time.
+
+A Celery revoke works as operators expect (`celery control revoke`, Flower's button): a
+revoked message is discarded by Celery and its record finished as `cancelled`
+(`task_revoked`, and the runtime's look at the revoked set each beat, which also catches a
+queued execution's revoke before any worker gets its message); a running execution's
+container is killed. The threads pool cannot terminate a task (its `terminate_job` raises
+NotImplementedError): `ThreadsPool` answers a terminate by leaving the stop to the runtime.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ import logging
 from typing import Any
 
 from celery import Celery, Task, bootsteps, signals
+from celery.concurrency.thread import TaskPool
+from celery.worker import state as worker_state
 from kombu.entity import Queue
 
 from executor.celery_app import create_celery
@@ -31,10 +40,34 @@ def register(app: Celery, runtime: WorkerRuntime) -> Task:
 
     # `throws`: our own errors are expected outcomes, logged by the runtime without a traceback.
     @app.task(name=TASK_NAME, bind=True, max_retries=0, throws=(ExecutorError,))  # type: ignore[untyped-decorator]
-    def execute(self: Task, request: Any) -> dict[str, Any]:
+    def execute(self: Task, request: Any = None, **fields: Any) -> dict[str, Any]:
+        # The API's messages carry no request (it is stored with the record); a producer's
+        # carry it as the one argument, or as keyword arguments.
+        if request is None and fields:
+            request = fields
+        elif fields:
+            request = {"request": request, **fields}  # both: the schema names what is wrong
         return runtime.execute(request, str(self.request.id))
 
     return execute
+
+
+def revoked_ids() -> list[str]:
+    """The task ids this worker's Celery has revoked (read from the heartbeat's thread)."""
+    for _ in range(3):
+        try:
+            return [str(task_id) for task_id in worker_state.revoked]
+        except RuntimeError:  # the consumer revoked one while we read: read again
+            continue
+    return []
+
+
+class ThreadsPool(TaskPool):  # type: ignore[misc]
+    """Celery's threads pool, whose terminate (a revoke with terminate=True) is not an error:
+    the runtime kills the revoked execution's container (see the module docstring)."""
+
+    def terminate_job(self, pid: Any, signal: Any = None) -> None:
+        return None
 
 
 def worker_queues(settings: Settings) -> list[str]:
@@ -50,11 +83,12 @@ def create_worker(settings: Settings) -> Celery:
     """The worker's app: the task `executor.execute`, one WorkerRuntime per process, and the
     worker's own monitoring endpoint (executor.monitor)."""
     app = create_celery(settings)
+    app.conf.worker_pool = ThreadsPool
     app.conf.task_queues = [
         Queue(name, routing_key=name)  # type: ignore[no-untyped-call]
         for name in worker_queues(settings)
     ]
-    runtime = WorkerRuntime(settings)
+    runtime = WorkerRuntime(settings, revoked=revoked_ids)
     register(app, runtime)
     consumer: list[Any] = []  # the Celery consumer, once the worker is ready
 
@@ -89,6 +123,14 @@ def create_worker(settings: Settings) -> Celery:
             monitor.stop()
             runtime.stop()
 
+    def on_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app and request is not None:
+            try:
+                runtime.revoked_now(str(request.id))
+            except ExecutorError as e:  # the next beat looks at the revoked set again
+                logging.getLogger(__name__).warning("revoke of %s: %s", request.id, e)
+
+    signals.task_revoked.connect(on_revoked, weak=False)
     signals.worker_ready.connect(on_ready, weak=False)
     signals.worker_shutdown.connect(on_shutdown, weak=False)
     app.executor_runtime = runtime

@@ -8,9 +8,10 @@ another valid key). Keys are kept only as SHA-256 digests and compared with
 tells how close a guess came.
 
 An execution belongs to the key that submitted it: its record holds the key's id (KEY_ID_CHARS
-hex characters of the key's SHA-256, never the key). `visible_record()` is the one check of
-every view of an execution (its result, events, files, cancel): another key gets the same 404
-as for an id never submitted; an operator key, or no keys at all, sees every execution.
+hex characters of the key's SHA-256, never the key). `executor.web.executions.known()` is the
+one check of every view of an execution (its result, events, files, cancel): another key gets
+the same 404 as for an id never submitted; an operator key, or no keys at all, sees every
+execution.
 
 EXECUTOR_RATE_LIMIT limits each key (each client address without keys) with Flask-Limiter,
 counting in Redis so the limit holds across every API process; past it, 429 `rate_limited`
@@ -31,10 +32,9 @@ from flask import Flask, Response, g, request
 from flask_limiter import Limiter, RateLimitExceeded
 
 from executor.config import Settings, SettingsError
-from executor.errors import ExecutionNotFound, Forbidden, RateLimited, Unauthorized
+from executor.errors import Forbidden, RateLimited, Unauthorized
 from executor.names import RATE_LIMITS
 from executor.store import Record
-from executor.web.context import Context
 from executor.web.errors import error_response
 
 OPEN_PATHS = frozenset({"/health"})  # probes need no key
@@ -128,16 +128,6 @@ def caller() -> Caller:
     """The caller of the current request (everyone is an operator with keys off)."""
     found = g.get("executor_caller")
     return found if isinstance(found, Caller) else OPEN
-
-
-def visible_record(ctx: Context, execution_id: str) -> Record:
-    """The record of `execution_id` if the caller may see it; ExecutionNotFound (404) when it
-    does not exist, has expired or belongs to another key: the one ownership check of every
-    view of an execution."""
-    record = ctx.store.get(execution_id)
-    if record is None or not caller().sees(record):
-        raise ExecutionNotFound(f"no execution has the id {execution_id}")
-    return record
 
 
 def history_owner() -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from flask import Response, request
@@ -10,13 +9,15 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema
 
-from executor.errors import ExecutionNotFound, error_for
+from executor.errors import ExecutionFinished, ExecutionNotFound, error_for
 from executor.languages import languages
 from executor.models import RunRequest
+from executor.policy import ID_RULE, valid_execution_id
 from executor.request_schema import RequestSchema
+from executor.store import Record
 from executor.web import history, submissions
 from executor.web.arguments import ApiBlueprint
-from executor.web.auth import caller, visible_record
+from executor.web.auth import caller
 from executor.web.context import context
 from executor.web.errors import error_response, reply
 from executor.web.schemas import (
@@ -149,13 +150,57 @@ def blueprint(request_schema: type[RequestSchema]) -> Blueprint:
         @blp.alt_response(202, schema=ExecutionPendingSchema, description="Queued or running.")
         @blp.alt_response(404, schema=ErrorSchema, description="Never submitted (or expired).")
         def get(self, execution_id: str) -> Any:
-            try:
-                uuid.UUID(execution_id)
-            except ValueError:
-                raise ExecutionNotFound(f"no execution has the id {execution_id!r}") from None
-            record = visible_record(context(), execution_id)  # 404 for another key's
+            record = known(execution_id)  # 404 for another key's
             if record.payload is not None:
                 return finished(record.payload, as_error=False)
             return pending(execution_id, record.status)
 
+        @blp.doc(
+            summary="Cancel an execution",
+            description="A queued execution never starts; a running one's container is "
+            "killed at once. 200 with its `cancelled` result once it has ended, 202 while it "
+            "stops. A Celery revoke of the task has the same effect.",
+        )
+        @blp.response(200, ExecutionResultSchema, description="Cancelled: the result.")
+        @blp.alt_response(202, schema=ExecutionPendingSchema, description="Stopping.")
+        @blp.alt_response(404, schema=ErrorSchema, description="Never submitted (or expired).")
+        @blp.alt_response(409, schema=ErrorSchema, description="It had already finished.")
+        def delete(self, execution_id: str) -> Any:
+            store = context().store
+            known(execution_id)
+            was, payload = store.cancel(execution_id)
+            if was == "running":  # its worker kills it within a heartbeat
+                record = store.wait_finished(execution_id, CANCEL_WAIT_S)
+                payload = record.payload if record is not None else None
+                if payload is None:
+                    return pending(execution_id, "running")
+            elif was == "unknown":  # expired between the two looks
+                raise ExecutionNotFound(f"no execution has the id {execution_id}")
+            assert payload is not None  # queued and finished records have one
+            if payload.get("status") != "cancelled":
+                raise ExecutionFinished(
+                    f"execution {execution_id} had already finished ({payload.get('status')})"
+                )
+            return payload
+
     return blp
+
+
+CANCEL_WAIT_S = 2.0  # how long DELETE waits for a running execution to stop before a 202
+
+
+def known(execution_id: str) -> Record:
+    """The record of `execution_id` if the caller may see it; a producer's message still
+    queued gets one first. Raises ExecutionNotFound for an id that names nothing (or no id at
+    all) and for another API key's execution: the one check of every view of an execution."""
+    if not valid_execution_id(execution_id):
+        raise ExecutionNotFound(
+            f"no execution has the id {execution_id[:140]!r} (ids are {ID_RULE})"
+        )
+    store = context().store
+    record = store.get(execution_id)
+    if record is None and store.adopt(on_demand=True):
+        record = store.get(execution_id)
+    if record is None or not caller().sees(record):
+        raise ExecutionNotFound(f"no execution has the id {execution_id}")
+    return record

@@ -58,13 +58,31 @@ class ExecutionResultSchema(Schema):
     stdout_truncated = _always(fields.Boolean)
     stderr_truncated = _always(fields.Boolean)
     duration_ms = _always(fields.Integer, metadata=_doc("Wall time of the program itself."))
-    queued_ms = _always(fields.Integer, metadata=_doc("From submission until a worker began."))
-    language = _always(fields.String)
-    image = _always(fields.String, metadata=_doc("The image that ran it, with its digest."))
-    limits = _always(fields.Nested, LimitsSchema, metadata=_doc("The limits actually applied."))
-    worker = _always(fields.String, metadata=_doc("HOSTNAME of the worker that ran it."))
+    queued_ms = _always(
+        fields.Integer,
+        metadata=_doc(
+            "From submission until the program started: the queue, and a cold container's boot."
+        ),
+    )
+    # Null in an execution cancelled before it started: it never ran (the language too, for a
+    # producer's message cancelled before a worker read it).
+    language = _always(fields.String, allow_none=True)
+    image = _always(
+        fields.String, allow_none=True, metadata=_doc("The image that ran it, with its digest.")
+    )
+    limits = _always(
+        fields.Nested,
+        LimitsSchema,
+        allow_none=True,
+        metadata=_doc("The limits actually applied."),
+    )
+    worker = _always(
+        fields.String, allow_none=True, metadata=_doc("HOSTNAME of the worker that ran it.")
+    )
     created_at = _always(fields.String, metadata=_TIME)
-    started_at = _always(fields.String, metadata=_TIME)
+    started_at = _always(
+        fields.String, allow_none=True, metadata=_doc("ISO 8601, UTC: when the program started.")
+    )
     finished_at = _always(fields.String, metadata=_TIME)
     warm = _always(fields.Boolean, metadata=_doc("Whether a pre-started container ran it."))
 
@@ -149,7 +167,9 @@ class WorkerSchema(Schema):
 class RecentSchema(Schema):
     id = _always(fields.String)
     status = _always(fields.String)
-    language = _always(fields.String)
+    language = _always(
+        fields.String, allow_none=True, metadata=_doc("Null for a producer's message not yet read.")
+    )
     duration_ms = _always(fields.Integer, allow_none=True)
     created_at = _always(fields.String, metadata=_TIME)
     worker = _always(fields.String, allow_none=True)

@@ -86,18 +86,23 @@ def _known_execution(
 
 
 def _queue(ctx: Context, request: RunRequest, execution_id: str, owner: str) -> None:
-    ctx.store.submit(execution_id, request.language, ctx.settings.max_queue, owner)
+    # The request is stored with the record; the message carries only the id (its task id),
+    # so the broker, `celery inspect` and Flower never hold the code or stdin.
+    stored = json.dumps(ctx.requests.dump(request))  # the worker loads it with the same schema
+    ctx.store.submit(
+        execution_id, request.language, ctx.settings.max_queue, owner=owner, request=stored
+    )
     queue = queue_for(request.language, ctx.settings.route_by_language)
     try:
         ctx.celery.send_task(
             TASK_NAME,
-            args=[ctx.requests.dump(request)],  # the worker loads it with the same schema
+            args=[],
             task_id=execution_id,
             queue=queue,
             routing_key=queue,
             ignore_result=True,  # the record holds the result
             # What task events, `celery inspect` and Flower show instead of the code and stdin.
-            argsrepr=f"[<{request.language} program, {len(request.code)} characters>]",
+            argsrepr=f"[<stored {request.language} program, {len(request.code)} characters>]",
             kwargsrepr="{}",
         )
     except (OperationalError, OSError) as e:  # the broker (Redis) is down

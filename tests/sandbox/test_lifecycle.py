@@ -79,7 +79,7 @@ def test_exception_in_our_own_code_still_removes_the_container(settings, raw_doc
     svc = ExecutionService(settings)
     try:
 
-        def broken(container, request):
+        def broken(container, request, cancel=None):
             raise RuntimeError("a bug of ours")
 
         monkeypatch.setattr(svc.sandbox, "execute", broken)
@@ -110,10 +110,12 @@ def test_killed_worker_leaves_no_container(settings, raw_docker):
         deadline = time.monotonic() + 20
         mine: list[str] = []
         while not mine and time.monotonic() < deadline:
+            # The low-level listing: no inspect of each container (the engine is shared, and
+            # others' sandboxes come and go meanwhile).
             mine = [
-                c.id
-                for c in raw_docker.containers.list(filters={"label": f"{LABEL_SANDBOX}=1"})
-                if c.labels.get(LABEL_WORKER, "").startswith(f"killed-worker:{proc.pid}:")
+                c["Id"]
+                for c in raw_docker.api.containers(filters={"label": f"{LABEL_SANDBOX}=1"})
+                if c["Labels"].get(LABEL_WORKER, "").startswith(f"killed-worker:{proc.pid}:")
             ]
             time.sleep(0.1)
         assert mine, "the worker never started its container"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import docker
 import pytest
 import redis
 import requests
@@ -28,9 +29,18 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from executor.config import Settings
+from executor.policy import LABEL_EXECUTION
 from executor.store import Store
 from executor.web import create_app
-from tests.conftest import PROXY_TOKEN, REDIS_URL, ROOT, free_port, missing, wait_http
+from tests.conftest import (
+    PROXY_TOKEN,
+    REDIS_URL,
+    ROOT,
+    free_port,
+    missing,
+    sandboxes,
+    wait_http,
+)
 
 MAIN_DB = 15  # the main stack's database; scenarios use 14 and below
 
@@ -149,6 +159,21 @@ def start_worker(logdir: Path) -> Iterator[WorkerFactory]:
         process.stop()
 
 
+ONE_SLOT_DB = 8
+ONE_SLOT_WORKER = "pytest-one-slot"
+
+
+@pytest.fixture(scope="session")
+def one_slot(start_worker: WorkerFactory, docker_host: str) -> str:
+    """The Redis URL of a worker with one slot and no warm pool: a long program holds the slot
+    (the next execution stays queued), and every container carries its execution's label."""
+    url = flushed(ONE_SLOT_DB)
+    start_worker(
+        ONE_SLOT_WORKER, url, docker_host, EXECUTOR_CONCURRENCY="1", EXECUTOR_POOL_SIZE="0"
+    )
+    return url
+
+
 @pytest.fixture(scope="session")
 def main_redis() -> str:
     return flushed(MAIN_DB)
@@ -216,3 +241,34 @@ def serve_app() -> Iterator[AppFactory]:
 
 def post(url: str, body: Any, timeout: float = 120) -> requests.Response:
     return requests.post(url, json=body, timeout=timeout)
+
+
+def get(api: str, execution_id: str) -> requests.Response:
+    return requests.get(f"{api}/executions/{execution_id}", timeout=10)
+
+
+def delete(api: str, execution_id: str) -> requests.Response:
+    return requests.delete(f"{api}/executions/{execution_id}", timeout=30)
+
+
+def finished(api: str, execution_id: str, timeout: float = 90) -> dict[str, Any]:
+    """The result of `execution_id`, once it has one."""
+    response = wait_until(
+        f"{execution_id} finishing",
+        lambda: (r := get(api, execution_id)).status_code == 200 and r,
+        timeout,
+    )
+    return dict(response.json())
+
+
+def sleeping(raw_docker: docker.DockerClient, execution_id: str, command: str) -> bool:
+    """Whether the execution's program runs `command` now (in its labelled container): what it
+    did before, it has done. Needs a worker without a warm pool (see `one_slot`)."""
+    for container in sandboxes(raw_docker, **{LABEL_EXECUTION: execution_id}):
+        try:
+            processes = raw_docker.api.top(container)["Processes"] or []
+        except docker.errors.APIError:
+            continue
+        if any(command in " ".join(row) for row in processes):
+            return True
+    return False

@@ -46,7 +46,7 @@ def run(
     """One execution through the store's real transitions: submit, claim, finish."""
     inc = alive(store)
     execution_id = str(uuid.uuid4())
-    store.submit(execution_id, language, max_queue=100, owner=owner)
+    store.submit(execution_id, language, max_queue=100, owner=owner, request="{}")
     if finish:
         store.claim(execution_id, language, inc, worker)
         payload = {
@@ -87,7 +87,7 @@ def test_the_history_is_newest_first_and_items_carry_no_output(store: Store):
 def test_a_large_output_is_kept_apart_from_the_item(store: Store):
     inc = alive(store)
     execution_id = str(uuid.uuid4())
-    store.submit(execution_id, "python", max_queue=10)
+    store.submit(execution_id, "python", max_queue=10, request="{}")
     store.claim(execution_id, "python", inc, "w1")
     payload = {"id": execution_id, "status": "success", "stdout": "x" * 5000, "stderr": ""}
     assert store.finish(execution_id, inc, payload)
@@ -173,7 +173,7 @@ def test_equal_creation_times_are_paged_without_loss(store: Store):
 def test_a_lost_execution_is_listed_as_internal_error(store: Store):
     inc = alive(store, "w:9:lost")
     execution_id = str(uuid.uuid4())
-    store.submit(execution_id, "python", max_queue=10)
+    store.submit(execution_id, "python", max_queue=10, request="{}")
     store.claim(execution_id, "python", inc, "w9")
     store.forget_worker(inc)  # the worker says goodbye mid-run: its execution is lost
     items = store.history(HistoryQuery(filters={"status": "internal_error"})).items

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -103,3 +104,44 @@ def test_the_task_names_the_same_field_errors_as_the_api(
     record = requests.get(f"{api}/executions/{result.id}", timeout=10).json()
     assert record["errors"] == http.json()["errors"]
     assert record["message"] == http.json()["message"]
+
+
+@pytest.mark.parametrize("task_id", ["job-42", "batch.7:retry_2", "A" * 128])
+def test_a_producers_own_task_id_names_the_execution_everywhere(
+    producer: Celery, api: str, task_id: str
+):
+    task_id = f"{task_id[:-12]}{uuid.uuid4().hex[:12]}"  # fresh for each run of the suite
+    result = producer.send_task(
+        "executor.execute", args=[{"code": "print('mine')"}], queue="executor", task_id=task_id
+    )
+    body = result.get(timeout=60)
+    assert body["id"] == task_id and body["stdout"] == "mine\n"
+    assert requests.get(f"{api}/executions/{task_id}", timeout=10).json() == body
+    recent = requests.get(f"{api}/status", timeout=10).json()["recent"]
+    assert task_id in [entry["id"] for entry in recent]
+    finished = requests.delete(f"{api}/executions/{task_id}", timeout=10)
+    assert finished.status_code == 409 and finished.json()["code"] == "already_finished"
+
+
+@pytest.mark.parametrize("task_id", ["job 42", "x" * 129, "job/42", "caf\u00e9", "a\nb"])
+def test_a_task_id_no_execution_can_have_fails_the_task_naming_the_rule(
+    producer: Celery, api: str, task_id: str
+):
+    result = producer.send_task(
+        "executor.execute", args=[{"code": "print(1)"}], queue="executor", task_id=task_id
+    )
+    with pytest.raises(Exception) as failed:
+        result.get(timeout=60)
+    assert type(failed.value).__name__ == "InvalidRequest"
+    assert "1 to 128 characters of A-Z a-z 0-9 . _ : -" in str(failed.value)
+    # The worker lives on and runs the next one.
+    after = producer.send_task("executor.execute", args=[{"code": "print(2)"}], queue="executor")
+    assert after.get(timeout=60)["stdout"] == "2\n"
+
+
+def test_the_request_may_come_as_keyword_arguments(producer: Celery, api: str):
+    result = producer.send_task(
+        "executor.execute", kwargs={"code": "print(input())", "stdin": "kw"}, queue="executor"
+    )
+    body = result.get(timeout=60)
+    assert body["status"] == "success" and body["stdout"] == "kw\n"

@@ -12,7 +12,7 @@ import requests
 from celery import Celery
 
 from executor.web import schemas
-from tests.service.conftest import post
+from tests.service.conftest import post, wait_until
 
 pytestmark = [pytest.mark.service, pytest.mark.docker]
 
@@ -56,6 +56,21 @@ def test_every_documented_reply_matches_real_answers(main_redis: str, api: str):
         "ExecutionPending" if late.status_code == 202 else "ExecutionResult", late, late.status_code
     )
     answer("Error", post(f"{api}/execute", {"code": "", "bogus": 1}), 422)
+    answer("Error", requests.delete(f"{api}/executions/{result['id']}", timeout=30), 409)
+    sleeper = post(f"{api}/executions", {"code": "import time; time.sleep(30)"}).json()
+    cancel = requests.delete(f"{api}/executions/{sleeper['id']}", timeout=30)
+    if cancel.status_code == 202:  # it was running: its worker stops it within a beat
+        answer("ExecutionPending", cancel, 202)
+        cancel = wait_until(
+            "the cancel",
+            lambda: (
+                (r := requests.get(f"{api}/executions/{sleeper['id']}", timeout=10)).status_code
+                == 200
+                and r
+            ),
+            60,
+        )
+    assert answer("ExecutionResult", cancel, 200)["status"] == "cancelled"
     answer(
         "Error",
         requests.get(f"{api}/executions/00000000-0000-0000-0000-000000000000", timeout=10),

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from executor.cancellation import CancelToken
 from executor.config import Settings
 from executor.errors import DockerUnavailable, ExecutionLost, InvalidRequest, SandboxError
 from executor.models import RunRequest, RunResult
@@ -37,7 +38,9 @@ class FakeService:
     def stop(self) -> None:
         self.stopped = True
 
-    def run(self, request: RunRequest, execution_id: str) -> RunResult:
+    def run(
+        self, request: RunRequest, execution_id: str, cancel: CancelToken | None = None
+    ) -> RunResult:
         self.runs.append((request, execution_id))
         self.events("containers_created", 1)
         self.events("containers_removed", 1)

@@ -7,10 +7,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from celery import Celery
 
 from executor.errors import NoWorkers, QueueFull, RedisUnavailable
 from executor.store import HEARTBEAT_TTL_S, Store
-from tests.service.conftest import dead_port, flushed
+from tests.service.conftest import dead_port, flushed, redis_url
 
 pytestmark = [pytest.mark.service]
 
@@ -36,7 +37,7 @@ def new_id() -> str:
 def test_a_record_goes_queued_running_finished(store: Store):
     inc = alive(store)
     execution_id = new_id()
-    assert store.submit(execution_id, "python", max_queue=10) == 0
+    assert store.submit(execution_id, "python", max_queue=10, request="{}") == 0
     record = store.get(execution_id)
     assert record and (record.status, record.language, record.payload) == ("queued", "python", None)
     assert 0 < store.redis.ttl(f"executor:execution:{execution_id}") <= 120
@@ -88,7 +89,7 @@ def test_history_is_capped_newest_first(store: Store):
     alive(store)
     ids = [new_id() for _ in range(5)]
     for execution_id in ids:
-        store.submit(execution_id, "python", max_queue=10)
+        store.submit(execution_id, "python", max_queue=10, request="{}")
     recent = store.snapshot()["recent"]
     assert [entry["id"] for entry in recent] == ids[::-1][:3]
     assert set(recent[0]) == {"id", "status", "language", "duration_ms", "created_at", "worker"}
@@ -100,13 +101,13 @@ def test_unknown_ids_are_none(store: Store):
 
 def test_admission(store: Store):
     with pytest.raises(NoWorkers):
-        store.submit(new_id(), "python", max_queue=10)
+        store.submit(new_id(), "python", max_queue=10, request="{}")
     alive(store)
     store.redis.rpush("executor", "m1", "m2")
     store.redis.rpush("executor\x06\x169", "m3")  # kombu's list for priority 9
     assert store.queue_depth() == 3
     with pytest.raises(QueueFull):
-        store.submit(new_id(), "python", max_queue=3)
+        store.submit(new_id(), "python", max_queue=3, request="{}")
     assert store.snapshot()["recent"] == []  # nothing recorded when refused
 
 
@@ -173,3 +174,64 @@ def test_a_redis_that_refuses_us_is_unavailable_not_a_fault_of_ours(tmp_path):
         store.close()
         server.terminate()
         server.wait(10)
+
+
+def test_the_request_is_kept_until_the_claim_takes_it(store: Store):
+    inc = alive(store)
+    execution_id = new_id()
+    store.submit(execution_id, "python", max_queue=10, request='{"code": "print(1)"}')
+    claim = store.claim(execution_id, "", inc, "w")
+    assert claim.claimed and claim.request == '{"code": "print(1)"}'
+    assert store.redis.hget(f"executor:execution:{execution_id}", "request") is None
+    assert store.get(execution_id).language == "python"  # type: ignore[union-attr]
+
+
+def test_cancel_finishes_a_queued_record_and_flags_a_running_one(store: Store):
+    inc = alive(store)
+    queued, running = new_id(), new_id()
+    for execution_id in (queued, running):
+        store.submit(execution_id, "python", max_queue=10, request="{}")
+    store.claim(running, "", inc, "w")
+
+    was, payload = store.cancel(queued)
+    assert was == "queued" and payload is not None and payload["status"] == "cancelled"
+    assert payload["language"] == "python" and payload["worker"] is None
+    assert store.wait(queued, 1) == payload  # its waiter wakes
+    assert store.cancel(queued) == ("finished", payload)  # idempotent
+    assert not store.claim(queued, "", inc, "w").claimed  # its message is never run
+
+    assert store.cancel_requested([running, queued]) == []
+    assert store.cancel(running) == ("running", None)
+    assert store.cancel_requested([running, queued]) == [running]
+    result = {"id": running, "status": "cancelled", "duration_ms": 5}
+    assert store.finish(running, inc, result)
+    assert store.cancel_requested([running]) == []  # the flag goes with the finish
+    assert store.cancel(running) == ("finished", result)
+    assert store.cancel(new_id()) == ("unknown", None)
+    assert store.snapshot()["counters"]["executions_cancelled"] == 2
+
+
+def test_adopt_records_producers_messages_once_and_only_with_usable_ids(store: Store):
+    producer = Celery(broker=redis_url(DB))
+    try:
+        sent = {
+            name: producer.send_task(
+                "executor.execute", args=[{"code": "x" * 5000}], queue="executor", task_id=name
+            ).id
+            for name in ("job-42", "bad id", "y" * 129, "ok:1.2_3")
+        }
+        producer.send_task("other.task", args=[], queue="executor", task_id="not-ours")
+    finally:
+        producer.close()
+    api_id = new_id()
+    alive(store)
+    store.submit(api_id, "python", max_queue=10, request="{}")
+
+    assert store.adopt(on_demand=True) == 2
+    assert store.adopt(on_demand=True) == 0  # once
+    for name in ("job-42", "ok:1.2_3"):
+        record = store.get(sent[name])
+        assert record is not None and (record.status, record.language) == ("queued", "")
+    for name in ("bad id", "y" * 129, "not-ours"):
+        assert store.get(name) is None
+    assert store.snapshot()["recent"][0]["language"] is None

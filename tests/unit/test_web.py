@@ -111,9 +111,14 @@ def test_invalid_fields_are_named_before_anything_is_queued(client: FlaskClient)
     assert set(response.get_json()["errors"]) == {"code", "timeout", "cpus"}
 
 
-def test_unknown_ids_are_404_without_asking_redis(client: FlaskClient):
-    response = client.get("/executions/not-a-uuid")
+@pytest.mark.parametrize("bad_id", ["not a uuid", "x" * 129, "caf\u00e9", "semi;colon"])
+@pytest.mark.parametrize("method", ["get", "delete"])
+def test_ids_no_execution_can_have_are_404_without_asking_redis(
+    client: FlaskClient, bad_id: str, method: str
+):
+    response = getattr(client, method)(f"/executions/{bad_id}")
     assert response.status_code == 404 and response.get_json()["code"] == "not_found"
+    assert "A-Z a-z 0-9 . _ : -" in response.get_json()["message"]
 
 
 def test_languages(client: FlaskClient):
