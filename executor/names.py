@@ -44,3 +44,5 @@ FINISHED = PREFIX + "finished"  # pub/sub: the id of each execution that just fi
 COUNTERS = PREFIX + "counters"
 WORKER = PREFIX + "worker:"  # + incarnation
 WORKERS = PREFIX + "workers"
+EVENTS = PREFIX + "events:"  # + id: the execution's live events, a Redis stream (executor.streams)
+EVENTS_WAKE = PREFIX + "events-wake:"  # + a reader's id: wakes its blocked XREAD (executor.streams)

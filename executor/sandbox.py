@@ -25,7 +25,7 @@ from executor.engine import Engine
 from executor.errors import ContainerLost, SandboxError, UidInUse
 from executor.models import Language, Limits, RunRequest, RunResult, StepResult, iso
 from executor.policy import profile_name, sandbox_config
-from executor.protocol import Reply, Step, encode_request
+from executor.protocol import OutputSink, Reply, Step, encode_request
 from executor.uids import UidAllocator, UidsExhausted
 
 log = logging.getLogger(__name__)
@@ -178,8 +178,12 @@ class Sandbox:
             self.uids.release(uid)
         self.events(metrics.CONTAINERS_REMOVED, 1)
 
-    def execute(self, container: Container, request: RunRequest) -> RunResult:
+    def execute(
+        self, container: Container, request: RunRequest, output: OutputSink | None = None
+    ) -> RunResult:
         """Run `request` in `container` (once). Outcomes of the program are data; faults raise.
+
+        `output` receives each output frame as it is read (live output).
 
         Raises ContainerLost when the runner ended before it had the whole request: then
         nothing of the program ran, and a fresh container may take it.
@@ -187,7 +191,7 @@ class Sandbox:
         language = container.language
         limits = request.limits
         payload = encode_request(request, language, self.settings.max_output_bytes)
-        reply = Reply(self.settings.max_output_bytes, ready=container.ready)
+        reply = Reply(self.settings.max_output_bytes, ready=container.ready, on_output=output)
         sock = container.sock
         try:
             sock.settimeout(self.settings.docker_timeout)

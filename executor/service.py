@@ -18,6 +18,7 @@ from executor.errors import ContainerLost, InvalidRequest
 from executor.languages import languages
 from executor.models import RunRequest, RunResult
 from executor.pool import Profile, WarmPool
+from executor.protocol import OutputSink
 from executor.reaper import Reaper
 from executor.sandbox import Container, Events, Sandbox
 
@@ -87,8 +88,11 @@ class ExecutionService:
         self._disposer.shutdown(wait=True)
         self.engine.close()
 
-    def run(self, request: RunRequest, execution_id: str) -> RunResult:
-        """Run `request` once in a fresh container (warm when one fits) and remove it after."""
+    def run(
+        self, request: RunRequest, execution_id: str, output: OutputSink | None = None
+    ) -> RunResult:
+        """Run `request` once in a fresh container (warm when one fits) and remove it after;
+        `output` receives the program's output frames as they arrive."""
         language = self.languages.get(request.language)
         if language is None:
             raise InvalidRequest(
@@ -108,19 +112,24 @@ class ExecutionService:
             warm = self.pool.take(language, limits.memory_mb, limits.cpus)
         if warm is not None:
             try:
-                return self._execute(warm, request, execution_id, warm=True)
+                return self._execute(warm, request, execution_id, output, warm=True)
             except ContainerLost as e:
                 # Nothing of the program ran: a fresh container may take it.
                 log.warning("execution %s: warm container lost (%s); going cold", execution_id, e)
         cold = self.sandbox.prepare(language, limits.memory_mb, limits.cpus, execution_id)
-        return self._execute(cold, request, execution_id, warm=False)
+        return self._execute(cold, request, execution_id, output, warm=False)
 
     def _execute(
-        self, container: Container, request: RunRequest, execution_id: str, warm: bool
+        self,
+        container: Container,
+        request: RunRequest,
+        execution_id: str,
+        output: OutputSink | None,
+        warm: bool,
     ) -> RunResult:
         """Run in `container`, then dispose of it whatever happened."""
         try:
-            result = self.sandbox.execute(container, request)
+            result = self.sandbox.execute(container, request, output)
         finally:
             self.dispose(container)
         result.warm = warm

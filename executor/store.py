@@ -8,6 +8,10 @@ Everything here is shared by every API and worker process. Keys (all under ``exe
     running          hash: id -> the worker incarnation that runs it
     done:<id>        list holding the final payload once: what a waiting POST /execute pops
     finished         pub/sub channel: the id of each execution as it finishes (wakes waiters)
+    events:<id>      stream: the execution's live events (status, output, the result marker),
+                     bounded by MAXLEN and expiring with the record (see executor.streams);
+                     the status and result entries are added by the same scripts that move
+                     the record, so the stream's order is the record's
     counters         hash: executions by status, containers, durations
     worker:<inc>     string: a worker incarnation's heartbeat (JSON), expiring HEARTBEAT_TTL_S
     workers          sorted set of incarnations that have beaten
@@ -47,6 +51,7 @@ from executor.models import iso
 from executor.names import (
     COUNTERS,
     DONE,
+    EVENTS,
     FINISHED,
     IDEMPOTENCY,
     QUEUE_KEYS,
@@ -62,6 +67,7 @@ HEARTBEAT_TTL_S = 6  # a worker silent for this long is taken for dead
 DONE_TTL_S = 30  # how long a finished payload waits for the POST /execute that asked for it
 WAIT_SLICE_S = 2.0  # one wait; between slices the waiter looks for a lost worker
 POOL_SIZE = 64  # Redis connections per process
+EVENTS_MAX_LEN = 10000  # entries kept of an execution's event stream (EXECUTOR_EVENTS_MAX_LEN)
 POOL_WAIT_S = 5.0  # how long a caller waits for a free one before Redis counts as unavailable
 LOST_MESSAGE = (
     "the worker {worker} was lost before this execution finished (it stopped or stopped "
@@ -85,6 +91,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
 redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
+redis.call('XADD', ARGV[10], 'MAXLEN', '~', ARGV[11], '*', 'e', 'status', 'd', ARGV[12])
+redis.call('EXPIRE', ARGV[10], ARGV[5])
 return {'ok', depth}
 """
 
@@ -96,6 +104,7 @@ if not status then
   redis.call('LPUSH', KEYS[2], ARGV[1])
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
   redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
+  redis.call('XADD', ARGV[10], 'MAXLEN', '~', ARGV[11], '*', 'e', 'status', 'd', ARGV[12])
 elseif status ~= 'queued' then
   return {status, redis.call('HGET', KEYS[1], 'incarnation') or '',
           redis.call('HGET', KEYS[1], 'result') or ''}
@@ -104,6 +113,8 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[3], 'incarnation
            'started', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+redis.call('XADD', ARGV[10], 'MAXLEN', '~', ARGV[11], '*', 'e', 'status', 'd', ARGV[13])
+redis.call('EXPIRE', ARGV[10], ARGV[6])
 return {'claimed', redis.call('HGET', KEYS[1], 'created'),
         redis.call('HGET', KEYS[1], 'created_at')}
 """
@@ -124,6 +135,8 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[8], 1)
 redis.call('LPUSH', KEYS[4], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[7])
+redis.call('XADD', ARGV[12], 'MAXLEN', '~', ARGV[13], '*', 'e', 'result', 'd', '')
+redis.call('EXPIRE', ARGV[12], ARGV[6])
 redis.call('PUBLISH', ARGV[11], ARGV[1])
 return 1
 """
@@ -147,6 +160,8 @@ for i = 1, #entries, 2 do
       redis.call('HINCRBY', KEYS[2], ARGV[7], 1)
       redis.call('LPUSH', ARGV[3] .. id, body)
       redis.call('EXPIRE', ARGV[3] .. id, ARGV[5])
+      redis.call('XADD', ARGV[9] .. id, 'MAXLEN', '~', ARGV[10], '*', 'e', 'result', 'd', '')
+      redis.call('EXPIRE', ARGV[9] .. id, ARGV[4])
       redis.call('PUBLISH', ARGV[8], id)
       table.insert(lost, id)
     end
@@ -164,7 +179,7 @@ def safe_address(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, *, blocking_s: float | None = None) -> redis.Redis:
     """A client with a thread-safe connection pool, that fails fast when Redis is down.
 
     The pool holds at most POOL_SIZE connections; past that a caller (thread or greenlet)
@@ -173,7 +188,18 @@ def connect(url: str) -> redis.Redis:
 
     One quick retry covers a pooled connection that a Redis restart closed; anything more would
     turn "Redis is down" into a wait. No connection is made until the first command.
+
+    With `blocking_s`, a client of one connection of its own instead, for a caller that
+    blocks in Redis (XREAD BLOCK) for up to that long.
     """
+    if blocking_s is not None:
+        return redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=1.0,
+            socket_timeout=blocking_s + 5.0,
+            single_connection_client=True,
+        )
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=POOL_SIZE,
@@ -239,10 +265,14 @@ def _refused(error: redis.ResponseError) -> bool:
 class Store:
     """Records, history, counters and worker heartbeats in one Redis. Thread-safe."""
 
-    def __init__(self, url: str, *, ttl_s: int, history_size: int) -> None:
+    def __init__(
+        self, url: str, *, ttl_s: int, history_size: int, events_max_len: int = EVENTS_MAX_LEN
+    ) -> None:
+        self.url = url
         self.address = safe_address(url)
         self.ttl_s = ttl_s
         self.history_size = history_size
+        self.events_max_len = events_max_len
         self.redis = connect(url)
         self._submit = self.redis.register_script(_SUBMIT)
         self._claim = self.redis.register_script(_CLAIM)
@@ -301,7 +331,18 @@ class Store:
             self.history_size,
         ]
         with self._translated("record a submission"):
-            outcome, depth = self._submit(keys, [*args, max_queue, WORKER, metrics.SUBMITTED])
+            outcome, depth = self._submit(
+                keys,
+                [
+                    *args,
+                    max_queue,
+                    WORKER,
+                    metrics.SUBMITTED,
+                    EVENTS + execution_id,
+                    self.events_max_len,
+                    _status_event("queued"),
+                ],
+            )
         if outcome == "full":
             raise QueueFull(f"{depth} executions are waiting (EXECUTOR_MAX_QUEUE is {max_queue})")
         if outcome == "no_workers":
@@ -407,7 +448,19 @@ class Store:
             self.ttl_s,
         ]
         with self._translated("claim an execution"):
-            reply = self._claim(keys, [*args, self.history_size, language, metrics.SUBMITTED])
+            reply = self._claim(
+                keys,
+                [
+                    *args,
+                    self.history_size,
+                    language,
+                    metrics.SUBMITTED,
+                    EVENTS + execution_id,
+                    self.events_max_len,
+                    _status_event("queued"),
+                    _status_event("running"),
+                ],
+            )
         if reply[0] == "claimed":
             return Claim(True, "running", now, float(reply[1]), str(reply[2]), incarnation)
         payload = json.loads(reply[2]) if reply[2] else None
@@ -446,6 +499,8 @@ class Store:
             metrics.DURATION_MS_TOTAL,
             metrics.DURATION_COUNT,
             FINISHED,
+            EVENTS + execution_id,
+            self.events_max_len,
         ]
         with self._translated("store a result"):
             return bool(self._finish(keys, args))
@@ -460,7 +515,8 @@ class Store:
         ]
         with self._translated("look for lost executions"):
             args += [self.ttl_s, DONE_TTL_S, LOST_MESSAGE, metrics.executions("internal_error")]
-            return cast(list[str], self._sweep(keys, [*args, FINISHED]))
+            args += [FINISHED, EVENTS, self.events_max_len]
+            return cast(list[str], self._sweep(keys, args))
 
     def beat(self, incarnation: str, info: Mapping[str, Any], counts: Mapping[str, int]) -> None:
         """Say that `incarnation` is alive (with `info` for /status) and add `counts`."""
@@ -545,6 +601,11 @@ def _recent_entry(execution_id: str, row: list[str | None]) -> dict[str, Any]:
 
 def _record(execution_id: str) -> str:
     return RECORD + execution_id
+
+
+def _status_event(status: str) -> str:
+    """The data of a `status` event of the live stream (see executor.streams)."""
+    return json.dumps({"status": status})
 
 
 class _Finishes:

@@ -14,6 +14,7 @@ import pytest
 from executor.config import Settings
 from executor.errors import DockerUnavailable, ExecutionLost, InvalidRequest, SandboxError
 from executor.models import RunRequest, RunResult
+from executor.protocol import OutputSink
 from executor.runtime import Events, WorkerRuntime
 from tests.service.conftest import flushed, wait_until
 
@@ -37,7 +38,9 @@ class FakeService:
     def stop(self) -> None:
         self.stopped = True
 
-    def run(self, request: RunRequest, execution_id: str) -> RunResult:
+    def run(
+        self, request: RunRequest, execution_id: str, output: OutputSink | None = None
+    ) -> RunResult:
         self.runs.append((request, execution_id))
         self.events("containers_created", 1)
         self.events("containers_removed", 1)
