@@ -63,7 +63,8 @@ def response(ctx: Context, execution_id: str, after: str = "0") -> Response:
     if not _EXECUTION_ID.fullmatch(execution_id) or ctx.store.get(execution_id) is None:
         raise ExecutionNotFound(f"no execution has the id {execution_id!r}")
     body = relay(ctx.streams, ctx.store, execution_id, after, ctx.settings.events_heartbeat_s)
-    return Response(body, 200, mimetype=EVENT_STREAM, headers=HEADERS)
+    headers = {**HEADERS, "Location": f"/executions/{execution_id}"}
+    return Response(body, 200, mimetype=EVENT_STREAM, headers=headers)
 
 
 def relay(

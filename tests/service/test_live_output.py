@@ -19,7 +19,10 @@ import pytest
 import requests
 from celery import Celery
 
-from tests.service.conftest import post, wait_until
+from executor.config import Settings
+from executor.names import EVENTS, RECORD
+from executor.store import Store
+from tests.service.conftest import AppFactory, flushed, post, wait_until
 
 pytestmark = [pytest.mark.service, pytest.mark.docker]
 
@@ -271,3 +274,46 @@ def test_characters_split_between_writes_arrive_whole(api: str, main_logs: Calla
     result = events[-1].data
     assert output(events) == result["stdout"] == "café € 😀\nbad \ufffd end\n"
     assert "café € 😀" not in main_logs()  # nor does the output reach any log
+
+
+STREAM_DB = 7
+
+
+@pytest.fixture
+def quiet_api(serve_app: AppFactory, base_settings: Settings) -> Iterator[tuple[str, Store]]:
+    """An in-process API with a short heartbeat on a database of its own (no worker)."""
+    url = flushed(STREAM_DB)
+    store = Store(url, ttl_s=60, history_size=10)
+    yield serve_app(base_settings, redis_url=url, events_heartbeat_s=0.2), store
+    store.close()
+
+
+def test_a_lost_worker_ends_the_stream_with_its_internal_error(quiet_api: tuple[str, Store]):
+    api, store = quiet_api
+    execution_id = str(uuid.uuid4())
+    # Claimed by a worker incarnation that never beats: it is lost as soon as anyone looks.
+    assert store.claim(execution_id, "python", "gone:1:x", "gone").claimed
+    with stream(api, f"/executions/{execution_id}/events") as client:
+        events = list(client.events())
+    assert [e.event for e in events] == ["status", "status", "result"]
+    assert events[-1].data["status"] == "internal_error"
+    assert events[-1].data["code"] == "execution_lost"
+
+
+def test_an_idle_stream_beats_and_ends_when_its_record_expires(quiet_api: tuple[str, Store]):
+    api, store = quiet_api
+    execution_id = str(uuid.uuid4())
+    store.beat("alive:1:x", {"instance": "alive"}, {})
+    assert store.claim(execution_id, "python", "alive:1:x", "alive").claimed
+    with stream(api, f"/executions/{execution_id}/events") as client:
+        events = client.events()
+        assert [next(events).data, next(events).data] == [
+            {"status": "queued"},
+            {"status": "running"},
+        ]
+        line = b""
+        while not line.startswith(b": keep-alive"):  # the idle stream beats
+            line = client.response.readline()
+            assert line, "the stream ended early"
+        store.redis.delete(RECORD + execution_id, EVENTS + execution_id)  # as if expired
+        assert list(events) == []  # the stream ends, without a result
