@@ -14,17 +14,20 @@ The status and result entries are added by the store's scripts that move the rec
 stream expires with the record (EXECUTOR_RESULT_TTL after its last change). An entry's id is
 its Redis id, which is also the SSE event's id: `read(after=...)` gives exactly what followed.
 
-Waiting for new entries costs no Redis connection per reader: each process has one `Waker`,
-a thread (a greenlet under gevent) blocked in one XREAD on every watched stream at once, that
-wakes the readers of a stream when it grows. A new watch interrupts that XREAD by adding to
-the waker's own wake stream, so it is included at once (no lost wake-up, no polling).
+Waiting for new entries costs no Redis connection and no round trip per reader: each process
+has one `Waker`, a thread (a greenlet under gevent) blocked in one XREAD on every watched
+stream at once, that hands what it reads to the readers of each stream (a `Watch`). A new
+watch interrupts that XREAD by adding to the waker's own wake stream, so it is included at
+once (no lost wake-up, no polling).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -93,10 +96,11 @@ class EventStreams:
             reply = cast(list[Any], self.store.redis.xread({key(execution_id): after}, count=count))
         return [_event(entry) for _, entries in reply or () for entry in entries]
 
-    def watch(self, execution_id: str, after: str) -> threading.Event:
-        """An event set whenever the stream of `execution_id` grows past `after` from now on.
+    def watch(self, execution_id: str, after: str) -> Watch:
+        """Entries of the stream of `execution_id` as they are added from now on.
 
-        Clear it before each read; a set event may be spurious. Unwatch it after.
+        The watch receives every entry after its `start` (at least `after`); what lies between
+        `after` and `start` the caller reads itself. Unwatch it after.
         """
         with self._lock:
             if self._waker is None:
@@ -104,9 +108,9 @@ class EventStreams:
             waker = self._waker
         return waker.watch(key(execution_id), after)
 
-    def unwatch(self, execution_id: str, event: threading.Event) -> None:
+    def unwatch(self, execution_id: str, watch: Watch) -> None:
         if self._waker is not None:
-            self._waker.unwatch(key(execution_id), event)
+            self._waker.unwatch(key(execution_id), watch)
 
     def close(self) -> None:
         if self._waker is not None:
@@ -118,8 +122,40 @@ def _event(entry: Any) -> Event:
     return Event(str(entry_id), str(fields.get("e", "")), str(fields.get("d", "")))
 
 
+class Watch:
+    """What the Waker hands one reader: batches of entries after `start`, in order.
+
+    (A deque and an event rather than a queue: threading's primitives are what gevent patches
+    in every version, so a waiting reader is a parked greenlet.)
+    """
+
+    def __init__(self, start: str) -> None:
+        self.start = start
+        self._batches: deque[list[Event]] = deque()
+        self._ready = threading.Event()
+
+    def put(self, batch: list[Event]) -> None:
+        self._batches.append(batch)
+        self._ready.set()
+
+    def get(self, timeout: float) -> list[Event] | None:
+        """The entries handed since the last call, or None when none came within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while not self._batches:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._ready.wait(remaining)
+            self._ready.clear()
+        events: list[Event] = []
+        while self._batches:
+            events += self._batches.popleft()
+        return events
+
+
 class Waker:
-    """One blocked XREAD over every watched stream; wakes each stream's watchers as it grows.
+    """One blocked XREAD over every watched stream; hands what it reads to each stream's
+    watches, so that a reader costs no Redis round trip per event.
 
     The thread starts with the first watch and parks (on a local event) when none is left.
     Its Redis connection is its own, outside the store's pool: it is blocked most of the time.
@@ -129,20 +165,21 @@ class Waker:
         self._store = store
         self._wake_key = EVENTS_WAKE + uuid.uuid4().hex
         self._lock = threading.Lock()
-        self._watchers: dict[str, set[threading.Event]] = {}
+        self._watchers: dict[str, set[Watch]] = {}
         self._positions: dict[str, str] = {}  # stream -> last id seen by the waker
         self._wake_position = "0"
         self._changed = threading.Event()  # a watch came or went
         self._stopping = False
         self._thread: threading.Thread | None = None
 
-    def watch(self, stream: str, after: str) -> threading.Event:
-        event = threading.Event()
+    def watch(self, stream: str, after: str) -> Watch:
         with self._lock:
             fresh = stream not in self._watchers
-            self._watchers.setdefault(stream, set()).add(event)
-            if fresh:  # a later watcher reads what came before the waker's position itself
+            if fresh:
                 self._positions[stream] = after
+            # From here on, every entry after the waker's position reaches this watch.
+            watch = Watch(self._positions[stream])
+            self._watchers.setdefault(stream, set()).add(watch)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="executor-events", daemon=True
@@ -151,14 +188,14 @@ class Waker:
         self._changed.set()
         if fresh:
             self._interrupt()
-        return event
+        return watch
 
-    def unwatch(self, stream: str, event: threading.Event) -> None:
+    def unwatch(self, stream: str, watch: Watch) -> None:
         with self._lock:
-            events = self._watchers.get(stream)
-            if events is not None:
-                events.discard(event)
-                if not events:
+            watches = self._watchers.get(stream)
+            if watches is not None:
+                watches.discard(watch)
+                if not watches:
                     del self._watchers[stream]
                     self._positions.pop(stream, None)
 
@@ -209,15 +246,25 @@ class Waker:
             client.close()
 
     def _dispatch(self, reply: list[Any]) -> None:
-        woken: list[threading.Event] = []
+        handed: list[tuple[Watch, list[Event]]] = []
         with self._lock:
             for stream, entries in reply:
-                last = str(entries[-1][0])
                 if stream == self._wake_key:
-                    self._wake_position = last
+                    self._wake_position = str(entries[-1][0])
                     continue
                 if stream in self._positions:
-                    self._positions[stream] = last
-                    woken += self._watchers.get(stream, ())
-        for event in woken:
-            event.set()
+                    batch = [_event(entry) for entry in entries]
+                    self._positions[stream] = batch[-1].id
+                    handed += [(watch, batch) for watch in self._watchers.get(stream, ())]
+        for watch, batch in handed:
+            watch.put(batch)
+
+
+def newer(a: str, b: str) -> bool:
+    """Whether stream id `a` comes after `b` ("0" before any)."""
+
+    def parts(entry_id: str) -> tuple[int, int]:
+        ms, _, seq = entry_id.partition("-")
+        return int(ms or 0), int(seq or 0)
+
+    return parts(a) > parts(b)

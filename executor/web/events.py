@@ -29,7 +29,7 @@ from flask import Response, request
 
 from executor.errors import ExecutionNotFound, ExecutorError
 from executor.store import Store
-from executor.streams import EventStreams, valid_id
+from executor.streams import Event, EventStreams, newer, valid_id
 from executor.web.context import Context
 from executor.web.schemas import ExecutionFailedSchema, ExecutionResultSchema
 
@@ -72,24 +72,31 @@ def relay(
 ) -> Iterator[bytes]:
     """The SSE bytes of one execution's events after `after`, until its result."""
     yield f"retry: {RETRY_MS}\n\n".encode()  # sends the headers at once
-    wake = streams.watch(execution_id, after)
+    watch = streams.watch(execution_id, after)
     try:
+        # What came before the watch's start, this reader reads itself; then the watch's.
+        batch: list[Event] | None = _backlog(streams, execution_id, after, watch.start)
         while True:
-            wake.clear()  # before reading: a growth from now on sets it again
-            batch = streams.read(execution_id, after)
-            for event in batch:
+            out: list[bytes] = []  # one write per batch
+            for event in batch or ():
+                if not newer(event.id, after):
+                    continue  # the backlog and the watch may overlap
                 after = event.id
                 if event.name == "result":
-                    yield _result(store, execution_id, event.id)
+                    yield b"".join([*out, _result(store, execution_id, event.id)])
                     return
-                yield _event(event.id, event.name, event.data)
-            if batch or wake.wait(heartbeat_s):
+                out.append(_event(event.id, event.name, event.data))
+            if out:
+                yield b"".join(out)
+            batch = watch.get(heartbeat_s)
+            if batch is not None:
                 continue
             yield b": keep-alive\n\n"
             record = store.get(execution_id)  # a lost worker's execution is finished here
             if record is None:
                 return  # expired
-            if record.payload is not None and not streams.read(execution_id, after, 1):
+            batch = streams.read(execution_id, after)  # in case the waker missed something
+            if record.payload is not None and not batch:
                 # Finished, yet no result entry follows (a stream older than the record).
                 yield _result(store, execution_id, _next_id(after))
                 return
@@ -97,7 +104,20 @@ def relay(
         # Redis failed: end the stream; the client resumes with its Last-Event-ID.
         log.warning("execution %s: live event stream ended: %s", execution_id, e)
     finally:
-        streams.unwatch(execution_id, wake)
+        streams.unwatch(execution_id, watch)
+
+
+def _backlog(streams: EventStreams, execution_id: str, after: str, start: str) -> list[Event]:
+    """The entries after `after` up to `start` at least (the watch hands what follows)."""
+    backlog: list[Event] = []
+    position = after
+    while newer(start, position):
+        batch = streams.read(execution_id, position)
+        if not batch:
+            break
+        backlog += batch
+        position = batch[-1].id
+    return backlog
 
 
 def _event(event_id: str, name: str, data: str) -> bytes:
