@@ -297,6 +297,9 @@ class Store:
         except redis.RedisError as e:
             raise ExecutorError(f"Redis failed to {what}: {type(e).__name__}: {e}") from None
 
+    # For the modules that share this client (executor.streams): the same translation.
+    translated = _translated
+
     def close(self) -> None:
         self._finishes.close()
         self.redis.close()

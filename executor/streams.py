@@ -13,6 +13,7 @@ The status and result entries are added by the store's scripts that move the rec
 (executor.output). Every XADD trims the stream (MAXLEN ~ EXECUTOR_EVENTS_MAX_LEN) and the
 stream expires with the record (EXECUTOR_RESULT_TTL after its last change). An entry's id is
 its Redis id, which is also the SSE event's id: `read(after=...)` gives exactly what followed.
+This module uses the Store's client and its translation of Redis errors.
 
 Waiting for new entries costs no Redis connection and no round trip per reader: each process
 has one `Waker`, a thread (a greenlet under gevent) blocked in one XREAD on every watched
@@ -77,7 +78,7 @@ class EventStreams:
         """Append (execution id, event, JSON data) entries, in order, in one round trip."""
         if not entries:
             return
-        with self.store._translated("publish live output"):
+        with self.store.translated("publish live output"):
             pipe = self.store.redis.pipeline(transaction=False)
             for execution_id, name, data in entries:
                 stream = key(execution_id)
@@ -92,7 +93,7 @@ class EventStreams:
 
     def read(self, execution_id: str, after: str, count: int = READ_COUNT) -> list[Event]:
         """The entries after `after` ("0" for all), oldest first, without waiting."""
-        with self.store._translated("read live events"):
+        with self.store.translated("read live events"):
             reply = cast(list[Any], self.store.redis.xread({key(execution_id): after}, count=count))
         return [_event(entry) for _, entries in reply or () for entry in entries]
 
@@ -207,7 +208,7 @@ class Waker:
     def _interrupt(self) -> None:
         """Make the blocked XREAD return, so that it is issued again with every stream."""
         try:
-            with self._store._translated("wake the live-event reader"):
+            with self._store.translated("wake the live-event reader"):
                 pipe = self._store.redis.pipeline(transaction=False)
                 pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
                 pipe.expire(self._wake_key, WAKE_TTL_S)
