@@ -119,15 +119,26 @@ async def one_stream(api: str, execution_id: str, samples: list[float]) -> int:
 
 
 async def concurrent_streams(
-    api: str, api_pid: int | None, streams: int, executions: int, lines: int
+    api: str,
+    api_pid: int | None,
+    streams: int,
+    executions: int,
+    lines: int,
+    timeout: float = 300.0,
 ) -> dict[str, float]:
+    """S streams over E executions of a ticker; whole streams, latency, API memory each."""
     code = TICKER.format(lines=lines, interval=0.2)
     ids = [submit(api, code, lines * 0.2 + 30) for _ in range(executions)]
     samples: list[float] = []
     before = rss_mib(api_pid) if api_pid else 0.0
-    tasks = [
-        asyncio.create_task(one_stream(api, ids[i % executions], samples)) for i in range(streams)
-    ]
+
+    async def bounded(execution_id: str) -> int:
+        try:
+            return await asyncio.wait_for(one_stream(api, execution_id, samples), timeout)
+        except TimeoutError:
+            return -1
+
+    tasks = [asyncio.create_task(bounded(ids[i % executions])) for i in range(streams)]
     await asyncio.sleep(min(2.0, lines * 0.1))
     during = rss_mib(api_pid) if api_pid else 0.0
     counts = await asyncio.gather(*tasks)
