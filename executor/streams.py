@@ -97,11 +97,19 @@ class EventStreams:
             reply = cast(list[Any], self.store.redis.xread({key(execution_id): after}, count=count))
         return [_event(entry) for _, entries in reply or () for entry in entries]
 
+    def last_id(self, execution_id: str) -> str:
+        """The id of the stream's last entry ("0" when it has none)."""
+        with self.store.translated("read live events"):
+            last = cast(list[Any], self.store.redis.xrevrange(key(execution_id), count=1))
+        return str(last[0][0]) if last else "0"
+
     def watch(self, execution_id: str, after: str) -> Watch:
         """Entries of the stream of `execution_id` as they are added from now on.
 
         The watch receives every entry after its `start` (at least `after`); what lies between
-        `after` and `start` the caller reads itself. Unwatch it after.
+        `after` and `start` the caller reads itself. `after` must not lie beyond the stream's
+        last entry (see `last_id`): the first watch of a stream sets where the waker reads from.
+        Unwatch it after.
         """
         with self._lock:
             if self._waker is None:

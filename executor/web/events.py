@@ -59,11 +59,20 @@ def last_event_id() -> str:
 
 
 def response(ctx: Context, execution_id: str, after: str = "0") -> Response:
-    """200 with the stream of `execution_id` from after `after`; 404 for an unknown id."""
-    if not _EXECUTION_ID.fullmatch(execution_id) or ctx.store.get(execution_id) is None:
+    """200 with the stream of `execution_id` from after `after`; 404 for an unknown id; 204
+    when the client already has the end of a finished execution's stream."""
+    record = ctx.store.get(execution_id) if _EXECUTION_ID.fullmatch(execution_id) else None
+    if record is None:
         raise ExecutionNotFound(f"no execution has the id {execution_id!r}")
-    body = relay(ctx.streams, ctx.store, execution_id, after, ctx.settings.events_heartbeat_s)
     headers = {**HEADERS, "Location": f"/executions/{execution_id}"}
+    if after != "0":
+        last = ctx.streams.last_id(execution_id)
+        if newer(after, last):
+            after = last  # an id from the future (none we gave): resume from now on
+        if record.payload is not None and after == last:
+            # Nothing follows its result: 204 tells an EventSource to stop reconnecting.
+            return Response(status=204, headers=headers)
+    body = relay(ctx.streams, ctx.store, execution_id, after, ctx.settings.events_heartbeat_s)
     return Response(body, 200, mimetype=EVENT_STREAM, headers=headers)
 
 

@@ -193,6 +193,11 @@ def blueprint(request_schema: type[RequestSchema]) -> Blueprint:
                 }
             ],
         )
+        @blp.alt_response(
+            204,
+            description="The execution has finished and Last-Event-ID is its last event: "
+            "nothing follows (an EventSource stops reconnecting).",
+        )
         @blp.alt_response(404, schema=ErrorSchema, description="Never submitted (or expired).")
         def get(self, execution_id: str) -> Response:
             return events.response(context(), execution_id, events.last_event_id())

@@ -162,6 +162,12 @@ def test_last_event_id_resumes_with_nothing_missed_or_repeated(api: str):
     assert [e.id for e in replay] == [e.id for e in whole] and replay == whole
     for cut in range(len(replay) - 1):
         assert read_all(api, execution_id, **{"Last-Event-ID": replay[cut].id}) == replay[cut + 1 :]
+    # After the result nothing follows: 204 stops an EventSource from reconnecting.
+    with stream(api, f"/executions/{execution_id}/events", **{"Last-Event-ID": replay[-1].id}) as c:
+        assert c.response.status == 204
+    future = "99999999999999-0"  # an id never given: treated as the latest
+    with stream(api, f"/executions/{execution_id}/events", **{"Last-Event-ID": future}) as c:
+        assert c.response.status == 204
 
 
 def test_post_execute_with_accept_event_stream_answers_the_stream(api: str):
