@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import requests
 from celery import Celery
 
@@ -323,3 +324,32 @@ def test_an_idle_stream_beats_and_ends_when_its_record_expires(quiet_api: tuple[
             assert line, "the stream ended early"
         store.redis.delete(RECORD + execution_id, EVENTS + execution_id)  # as if expired
         assert list(events) == []  # the stream ends, without a result
+
+
+def test_open_streams_hold_no_redis_connection_each(api: str, main_redis: str):
+    code = "import time\nprint('up', flush=True)\ntime.sleep(4)"
+    execution_id = submit(api, code)
+    clients = [SseClient(api, "GET", f"/executions/{execution_id}/events") for _ in range(40)]
+    try:
+        for client in clients:  # every stream is live: it has relayed the program's output
+            assert any(e.event == "stdout" for e in _until_stdout(client))
+        redis_client = redis.Redis.from_url(main_redis)
+        try:
+            blocked = [
+                c
+                for c in redis_client.client_list()
+                if c.get("cmd") == "xread" and "b" in c.get("flags", "")
+            ]
+        finally:
+            redis_client.close()
+        assert 1 <= len(blocked) <= 2  # one waker per API process (gunicorn runs two)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def _until_stdout(client: SseClient) -> Iterator[Sse]:
+    for event in client.events():
+        yield event
+        if event.event == "stdout":
+            return
