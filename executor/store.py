@@ -378,7 +378,7 @@ class Store:
         """Forget a submission that could not be queued (its id was never given out)."""
         with self._translated("discard a submission"):
             pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(_record(execution_id))
+            pipe.delete(_record(execution_id), EVENTS + execution_id)
             pipe.lrem(RECENT, 1, execution_id)
             pipe.hincrby(COUNTERS, metrics.SUBMITTED, -1)
             pipe.execute()
