@@ -8,9 +8,11 @@
 then throughput at several concurrencies (e against b), the memory of one idle pooled
 container, and the ratios the targets are stated in. First, a row per language (bench/languages.py):
 its naive path against our warm POST /execute, the service's own overhead, and the memory of an
-idle warm container of it. `--only python` or `--only languages` runs one part, `--only baseline`
-just the side-by-side comparison with `--baseline DIR`, `--only history` GET /executions over
-10^5 and 10^6 synthetic records in a Redis of its own (bench/history.py; `--history-sizes`).
+idle warm container of it. Last, live output (bench/live_output.py): the latency from a print to
+an SSE client. `--only python` or `--only languages` runs one part, `--only baseline` just the
+side-by-side comparison with `--baseline DIR`, `--only live` live output with concurrent streams
+(`--streams`), `--only history` GET /executions over 10^5 and 10^6 synthetic records in a Redis
+of its own (bench/history.py; `--history-sizes`).
 """
 
 from __future__ import annotations
@@ -209,6 +211,14 @@ def compare_with_baseline(args: argparse.Namespace, n: int) -> None:
     print(f"\nthis checkout / baseline, p50: {ratio:.2f} (target <= 1.10)")
 
 
+def live_output(args: argparse.Namespace, streams: list[int]) -> None:
+    """Live output's latency (and, with `streams`, concurrent streams) on a stack of its own."""
+    from bench.live_output import report  # it imports this module
+
+    with running_stack(args.redis, args.upstream, pool_size=4, concurrency=8) as stack:
+        report(stack.api, 100, streams, 4)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=40, help="sequential runs per latency row")
@@ -228,12 +238,15 @@ def main() -> int:
     parser.add_argument("--lang-n", type=int, default=10, help="runs per path per language")
     parser.add_argument(
         "--only",
-        choices=["all", "python", "languages", "baseline", "history"],
+        choices=["all", "python", "languages", "baseline", "history", "live"],
         default="all",
         help="which part to run (baseline: only the --baseline comparison)",
     )
     parser.add_argument(
         "--history-sizes", default="100000,1000000", help="record counts for --only history"
+    )
+    parser.add_argument(
+        "--streams", default="100,1000", help="concurrent live-output streams (--only live)"
     )
     args = parser.parse_args()
     if args.only == "history":
@@ -260,6 +273,9 @@ def main() -> int:
             )
             language_table(stack.api, args.upstream, settings, through_proxy, args.lang_n)
     if args.only == "languages":
+        return 0
+    if args.only == "live":
+        live_output(args, [int(x) for x in args.streams.split(",") if x])
         return 0
     if args.only == "baseline":
         if not args.baseline:
@@ -378,6 +394,8 @@ def main() -> int:
     for name, value, target, ok in checks:
         mark = "" if target == "-" else (" (met)" if ok else " (MISSED)")
         print(f"| {name} | {value:.2f} | {target}{mark} |")
+    if args.only == "all":
+        live_output(args, [])
     if args.baseline:
         compare_with_baseline(args, n)
     if args.json:

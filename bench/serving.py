@@ -5,7 +5,9 @@ server (GUNICORN_WORKER_CLASS=gthread, 2 x 64 threads) and the gevent worker. Fo
 (1) warm POST /execute p50, one request at a time;
 (2) GET /health latency while N clients are stalled mid-body (head and 1 byte of 100);
 (3) M concurrent POST /execute of a short program: how each was answered (200, 202, 429/503
-    with Retry-After, or refused / timed out), and the API processes' memory per waiting client.
+    with Retry-After, or refused / timed out), and the API processes' memory per waiting client;
+(4) S concurrent live-output streams (GET /executions/{id}/events, bench/live_output.py) over
+    4 executions printing 20 lines: streams received whole, line latency, memory per stream.
 Between phases the queue is emptied, so leftovers of one phase do not slow the next.
 """
 
@@ -194,12 +196,16 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="client timeout, seconds")
     parser.add_argument("--warm", type=int, default=30)
     parser.add_argument("--classes", default="gthread,gevent")
+    parser.add_argument("--streams", type=int, default=1000, help="live-output streams; 0: none")
     args = parser.parse_args()
     base = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
     redis_url = urlsplit(base)._replace(path="/14").geturl()
     redis.Redis.from_url(redis_url).flushdb()
     upstream = os.environ.get("PROXY_UPSTREAM", "unix:///var/run/docker.sock")
+    from bench.live_output import concurrent_streams  # it imports this module
+
     rows = []
+    streamed: dict[str, dict[str, float]] = {}
     with running_stack(redis_url, upstream, pool_size=4, concurrency=8) as stack:
         for worker_class in args.classes.split(","):
             with api_server(stack, worker_class) as (url, master):
@@ -215,6 +221,11 @@ def main() -> None:
                 empty_queue(stack)
                 rows.append((worker_class, p50, health, answers, before, peak))
                 time.sleep(5)  # the worker finishes what it had taken
+                if args.streams:
+                    print(f"# {worker_class}: {args.streams} live streams", file=sys.stderr)
+                    streamed[worker_class] = asyncio.run(
+                        concurrent_streams(url, master, args.streams, 4, 20, args.timeout)
+                    )
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"# API under waiting and stalled clients, {when}, {os.cpu_count()} cores\n")
     print(
@@ -235,6 +246,22 @@ def main() -> None:
         f"concurrent POST /execute of print(1) with timeout 1 (wait budget 11 s), client timeout "
         f"{args.timeout:g} s; one worker, EXECUTOR_CONCURRENCY 8, pool 4."
     )
+    if streamed:
+        print(
+            f"\n| server | {args.streams} live-output streams: whole | line p50 ms | line p95 ms"
+            " | API KiB per stream |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for worker_class, row in streamed.items():
+            print(
+                f"| {worker_class} | {row['whole']:.0f}/{args.streams} | {row['p50']:.1f}"
+                f" | {row['p95']:.1f} | {row['kib_per_stream']:.1f} |"
+            )
+        print(
+            "\n4 executions print 20 lines 200 ms apart; latency of the lines printed once a"
+            " stream was open; a stream is whole when it got every line and the result within"
+            " the client timeout."
+        )
 
 
 if __name__ == "__main__":

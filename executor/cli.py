@@ -1,15 +1,17 @@
 """`python -m executor`: run a file through the API, or show the service's status.
 
-    python -m executor run FILE [--language L] [--stdin FILE] [--timeout S] [--api URL]
+    python -m executor run FILE [--language L] [--stdin FILE] [--timeout S] [--stream] [--api URL]
     python -m executor status [--api URL]
 
 `run` writes the program's stdout and stderr to its own and exits with the program's exit
-code, so it composes like running the program locally. Where the program did not exit by
-itself: a timeout exits 124 (as timeout(1) does), a memory kill 137, death by a signal
-128 + its number, a failed build 1 (with the compiler's output on stderr). The CLI's own
-failures (the API unreachable, an answer with an error) print one line naming the cause and
-exit 2. The API is `--api`, else EXECUTOR_API (default http://127.0.0.1:8083); a key, when
-the service asks for one, is EXECUTOR_API_KEY. Standard library only: it runs anywhere.
+code, so it composes like running the program locally; with `--stream` it writes the output
+as the program writes it (the API's live events), resuming the stream if it breaks. Where
+the program did not exit by itself: a timeout exits 124 (as timeout(1) does), a memory kill
+137, death by a signal 128 + its number, a failed build 1 (with the compiler's output on
+stderr). The CLI's own failures (the API unreachable, an answer with an error) print one
+line naming the cause and exit 2. The API is `--api`, else EXECUTOR_API (default
+http://127.0.0.1:8083); a key, when the service asks for one, is EXECUTOR_API_KEY. Standard
+library only: it runs anywhere.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from executor import sse
+
 DEFAULT_API = "http://127.0.0.1:8083"
 EXIT_TROUBLE = 2  # the CLI could not get a result
 EXIT_TIMEOUT = 124
 EXIT_MEMORY = 137
 POLL_S = 0.5
+STREAM_READ_TIMEOUT_S = 120  # far above the API's keep-alive interval
+STREAM_RESUMES = 5  # reconnections (with Last-Event-ID) before giving up
 
 # The language of a file, by its extension (the names of GET /languages).
 EXTENSIONS = {
@@ -85,6 +91,26 @@ class Client:
             raise Trouble(f"cannot reach the API at {self.base}: {reason}") from None
         except ValueError:
             raise Trouble(f"{method} {path}: the answer is not JSON") from None
+
+    def stream(self, method: str, path: str, body: Any = None, after: str = "") -> Any:
+        """An open event-stream response (http.client's, read line by line as it arrives)."""
+        data = None if body is None else json.dumps(body).encode()
+        url = f"{self.base}{path}"  # http(s) only, checked in __init__
+        request = urllib.request.Request(url, data=data, method=method)  # noqa: S310
+        request.add_header("Accept", "text/event-stream")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if after:
+            request.add_header("Last-Event-ID", after)
+        if self.key:
+            request.add_header("Authorization", f"Bearer {self.key}")
+        try:
+            return urllib.request.urlopen(request, timeout=STREAM_READ_TIMEOUT_S)  # noqa: S310
+        except urllib.error.HTTPError as e:
+            raise Trouble(f"{method} {path}: HTTP {e.code}: {_message(e.read())}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise Trouble(f"cannot reach the API at {self.base}: {reason}") from None
 
 
 def _message(raw: bytes) -> str:
@@ -145,6 +171,8 @@ def run(client: Client, args: argparse.Namespace) -> int:
         body["stdin"] = stdin
     if args.timeout is not None:
         body["timeout"] = args.timeout
+    if args.stream:
+        return exit_code_of(streamed(client, body))
     wait = (args.timeout or 60) + 60
     status, result = client.call("POST", "/execute", body, timeout=wait)
     while status == 202:  # still queued or running: the result comes at its own address
@@ -157,6 +185,34 @@ def run(client: Client, args: argparse.Namespace) -> int:
     sys.stderr.write(result.get("stderr", ""))
     sys.stderr.flush()
     return exit_code_of(result)
+
+
+def streamed(client: Client, body: dict[str, Any]) -> dict[str, Any]:
+    """Run `body` with live output: write stdout and stderr as they arrive; the result."""
+    response = client.stream("POST", "/execute", body)
+    location = response.headers.get("Location") or ""
+    after = ""
+    for _ in range(STREAM_RESUMES + 1):
+        try:
+            with response:
+                for event in sse.events(response.readline):
+                    after = event.id or after
+                    if event.event in ("stdout", "stderr"):
+                        out = sys.stdout if event.event == "stdout" else sys.stderr
+                        out.write(json.loads(event.data).get("data", ""))
+                        out.flush()
+                    elif event.event == "result":
+                        result: dict[str, Any] = json.loads(event.data)
+                        build = result.get("compile") or {}
+                        sys.stderr.write(build.get("stderr") or "")  # not streamed
+                        sys.stderr.flush()
+                        return result
+        except (OSError, ValueError):
+            pass  # the connection broke: resume after the last event
+        if not location:
+            break
+        response = client.stream("GET", f"{location}/events", after=after)
+    raise Trouble("the event stream ended before the result")
 
 
 def status(client: Client, args: argparse.Namespace) -> int:
@@ -192,6 +248,9 @@ def parser() -> argparse.ArgumentParser:
     one.add_argument("--language", "-l", help="default: guessed from the file's extension")
     one.add_argument("--stdin", help="a file whose text is the program's stdin")
     one.add_argument("--timeout", type=float, help="seconds (the service's default otherwise)")
+    one.add_argument(
+        "--stream", action="store_true", help="write the output as the program writes it"
+    )
     one.add_argument("--api", default=argparse.SUPPRESS, help="the API's base URL")
     st = commands.add_parser("status", help="workers, queue, pool and recent executions")
     st.add_argument("--recent", type=int, default=10, help="how many recent executions")

@@ -203,6 +203,10 @@ class Settings:
     # Added to the timeout for POST /execute.
     queue_grace_s: float = _setting("EXECUTOR_QUEUE_GRACE", 10.0, _float(0.0))
     max_queue: int = _setting("EXECUTOR_MAX_QUEUE", 1000, _int(1))  # queued before 429
+    # Live output (GET /executions/{id}/events): entries kept per execution's event stream,
+    # and seconds between the keep-alive comments of an idle stream.
+    events_max_len: int = _setting("EXECUTOR_EVENTS_MAX_LEN", 10000, _int(16))
+    events_heartbeat_s: float = _setting("EXECUTOR_EVENTS_HEARTBEAT", 15.0, _float(0.1))
     # Each worker's own /healthz, /readyz and /metrics (executor.monitor); 0 turns it off.
     monitor_port: int = _setting("EXECUTOR_MONITOR_PORT", 8084, _int(0))
 

@@ -57,3 +57,6 @@ HISTORY = PREFIX + "history"
 HISTORY_BY = PREFIX + "history:"  # + field + ":" + value
 HISTORY_FIELDS = ("status", "language", "worker", "owner")
 RATE_LIMITS = PREFIX + "ratelimit"  # Flask-Limiter's key prefix (its counters, per API key)
+
+EVENTS = PREFIX + "events:"  # + id: the execution's live events, a Redis stream (executor.streams)
+EVENTS_WAKE = PREFIX + "events-wake:"  # + a reader's id: wakes its blocked XREAD (executor.streams)

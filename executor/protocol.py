@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,9 @@ _FRAME_HEADER = struct.Struct(">cI")
 _SIGNAL = re.compile(r"SIG[A-Z0-9]{1,12}")
 _INT_MAX = 1 << 53
 OUTPUT_KINDS = (b"O", b"E", b"o", b"e")  # program stdout, stderr; build stdout, stderr
+# Called with (kind, payload) of each output frame as it is read, whole (before any cap):
+# live output (executor.output). It must not block, nor raise.
+OutputSink = Callable[[bytes, bytes], None]
 
 
 def encode_request(request: RunRequest, language: Language, max_output: int) -> bytes:
@@ -167,8 +171,11 @@ class Reply:
     `final` once it reported; `broken` names the first violation of the protocol.
     """
 
-    def __init__(self, cap: int, *, ready: bool = False) -> None:
+    def __init__(
+        self, cap: int, *, ready: bool = False, on_output: OutputSink | None = None
+    ) -> None:
         self.cap = cap
+        self.on_output = on_output
         self.budget = 4 * cap + (1 << 20)  # more than this from one runner is a broken runner
         self.raw = 0
         self.docker_buf = bytearray()
@@ -232,6 +239,8 @@ class Reply:
             kept = self.streams[kind]
             if len(kept) < self.cap:
                 kept += payload[: self.cap - len(kept)]
+            if self.on_output is not None:
+                self.on_output(kind, payload)
         elif kind == b"R" and self.accepted:
             try:
                 self.final = parse_final(payload)

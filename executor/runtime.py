@@ -35,9 +35,12 @@ from executor.errors import ExecutorError, InvalidRequest, SandboxError, error_f
 from executor.heartbeat import Backstop, Events, Heartbeat, PoolStats
 from executor.languages import REGISTRY
 from executor.models import RunRequest, RunResult, iso
+from executor.output import OutputPublisher
 from executor.policy import ID_RULE, valid_execution_id
+from executor.protocol import OutputSink
 from executor.request_schema import parse_request, request_schema
 from executor.store import Claim, Store
+from executor.streams import EventStreams
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,11 @@ class Service(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def run(
-        self, request: RunRequest, execution_id: str, cancel: CancelToken | None = None
+        self,
+        request: RunRequest,
+        execution_id: str,
+        cancel: CancelToken | None = None,
+        output: OutputSink | None = None,
     ) -> RunResult: ...
     def pool_stats(self) -> dict[str, Any]: ...
     def ping(self) -> None: ...
@@ -79,8 +86,12 @@ class WorkerRuntime:
         self.incarnation = f"{settings.instance}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.name = f"celery@{settings.instance}"
         self.store = store or Store(
-            settings.redis_url, ttl_s=settings.result_ttl_s, history_size=settings.history_size
+            settings.redis_url,
+            ttl_s=settings.result_ttl_s,
+            history_size=settings.history_size,
+            events_max_len=settings.events_max_len,
         )
+        self.output = OutputPublisher(EventStreams(self.store), settings.max_output_bytes)
         self._service_factory = service_factory
         self._service: Service | None = None
         self._lock = threading.Lock()
@@ -144,6 +155,7 @@ class WorkerRuntime:
         if service is not None:
             service.stop()
         self._pool_stats.close()
+        self.output.stop()
         try:
             self.heartbeat.flush()
             lost = self.store.forget_worker(self.incarnation)
@@ -207,7 +219,10 @@ class WorkerRuntime:
                 self._fail(execution_id, e, counter=metrics.REJECTED)
                 raise
             try:
-                result = service.run(request, execution_id, cancel)
+                # Leaving the block publishes the rest of the live output: before the result.
+                with self.output.open(execution_id) as live:
+                    result = service.run(request, execution_id, cancel, live.write)
+                    live.truncated(result.stdout_truncated, result.stderr_truncated)
             except ExecutorError as e:
                 log.error("execution %s could not run: %s: %s", execution_id, e.code, e.message)
                 self._fail(execution_id, e)

@@ -27,7 +27,7 @@ from executor.engine import Engine
 from executor.errors import ContainerLost, SandboxError, UidInUse
 from executor.models import Language, Limits, RunRequest, RunResult, StepResult, iso
 from executor.policy import profile_name, sandbox_config
-from executor.protocol import Reply, Step, encode_request
+from executor.protocol import OutputSink, Reply, Step, encode_request
 from executor.uids import UidAllocator, UidsExhausted
 
 log = logging.getLogger(__name__)
@@ -185,13 +185,18 @@ class Sandbox:
         self.events(metrics.CONTAINERS_REMOVED, 1)
 
     def execute(
-        self, container: Container, request: RunRequest, cancel: CancelToken | None = None
+        self,
+        container: Container,
+        request: RunRequest,
+        cancel: CancelToken | None = None,
+        output: OutputSink | None = None,
     ) -> RunResult:
         """Run `request` in `container` (once). Outcomes of the program are data; faults raise.
 
         `started_at` is when the runner took the program (a cold container's boot before it is
         not the program's time). A `cancel` kills the container at once: the result is then
-        `cancelled` with the output written until then.
+        `cancelled` with the output written until then. `output` receives each output frame as
+        it is read (live output).
 
         Raises ContainerLost when the runner ended before it had the whole request: then
         nothing of the program ran, and a fresh container may take it.
@@ -199,7 +204,7 @@ class Sandbox:
         language = container.language
         limits = request.limits
         payload = encode_request(request, language, self.settings.max_output_bytes)
-        reply = Reply(self.settings.max_output_bytes, ready=container.ready)
+        reply = Reply(self.settings.max_output_bytes, ready=container.ready, on_output=output)
         sock = container.sock
         try:
             sock.settimeout(self.settings.docker_timeout)

@@ -19,6 +19,7 @@ from executor.errors import ContainerLost, InvalidRequest
 from executor.languages import languages
 from executor.models import RunRequest, RunResult
 from executor.pool import Profile, WarmPool
+from executor.protocol import OutputSink
 from executor.reaper import Reaper
 from executor.sandbox import Container, Events, Sandbox
 
@@ -89,9 +90,14 @@ class ExecutionService:
         self.engine.close()
 
     def run(
-        self, request: RunRequest, execution_id: str, cancel: CancelToken | None = None
+        self,
+        request: RunRequest,
+        execution_id: str,
+        cancel: CancelToken | None = None,
+        output: OutputSink | None = None,
     ) -> RunResult:
-        """Run `request` once in a fresh container (warm when one fits) and remove it after.
+        """Run `request` once in a fresh container (warm when one fits) and remove it after;
+        `output` receives the program's output frames as they arrive.
 
         A `cancel` kills the container (see executor.cancellation): the result is `cancelled`.
         """
@@ -114,24 +120,25 @@ class ExecutionService:
             warm = self.pool.take(language, limits.memory_mb, limits.cpus)
         if warm is not None:
             try:
-                return self._execute(warm, request, execution_id, True, cancel)
+                return self._execute(warm, request, execution_id, cancel, output, warm=True)
             except ContainerLost as e:
                 # Nothing of the program ran: a fresh container may take it.
                 log.warning("execution %s: warm container lost (%s); going cold", execution_id, e)
         cold = self.sandbox.prepare(language, limits.memory_mb, limits.cpus, execution_id)
-        return self._execute(cold, request, execution_id, False, cancel)
+        return self._execute(cold, request, execution_id, cancel, output, warm=False)
 
     def _execute(
         self,
         container: Container,
         request: RunRequest,
         execution_id: str,
-        warm: bool,
         cancel: CancelToken | None,
+        output: OutputSink | None,
+        warm: bool,
     ) -> RunResult:
         """Run in `container`, then dispose of it whatever happened."""
         try:
-            result = self.sandbox.execute(container, request, cancel)
+            result = self.sandbox.execute(container, request, cancel, output)
         finally:
             self.dispose(container)
         result.warm = warm

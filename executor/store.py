@@ -10,6 +10,10 @@ Everything here is shared by every API and worker process. Keys (all under ``exe
     running          hash: id -> the worker incarnation that runs it
     done:<id>        list holding the final payload once: what a waiting POST /execute pops
     finished         pub/sub channel: the id of each execution as it finishes (wakes waiters)
+    events:<id>      stream: the execution's live events (status, output, the result marker),
+                     bounded by MAXLEN and expiring with the record (see executor.streams);
+                     the status and result entries are added by the same scripts that move
+                     the record, so the stream's order is the record's
     counters         hash: executions by status, containers, durations
     cancel:<id>      string: set while a running execution is to be cancelled; the worker
                      that runs it hears it on ``cancels`` (pub/sub) at once, or finds it at
@@ -70,6 +74,7 @@ from executor.names import (
     CANCELS,
     COUNTERS,
     DONE,
+    EVENTS,
     FINISHED,
     IDEMPOTENCY,
     QUEUE_KEYS,
@@ -92,6 +97,7 @@ ADOPT_ON_DEMAND_MS = 200  # the API's looks (an unknown id asked for), at most o
 DONE_TTL_S = 30  # how long a finished payload waits for the POST /execute that asked for it
 WAIT_SLICE_S = 2.0  # one wait; between slices the waiter looks for a lost worker
 POOL_SIZE = 64  # Redis connections per process
+EVENTS_MAX_LEN = 10000  # entries kept of an execution's event stream (EXECUTOR_EVENTS_MAX_LEN)
 POOL_WAIT_S = 5.0  # how long a caller waits for a free one before Redis counts as unavailable
 LOST_MESSAGE = (
     "the worker {worker} was lost before this execution finished (it stopped or stopped "
@@ -116,6 +122,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
 redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
+redis.call('XADD', ARGV[12], 'MAXLEN', '~', ARGV[13], '*', 'e', 'status', 'd', ARGV[14])
+redis.call('EXPIRE', ARGV[12], ARGV[5])
 return {'ok', depth}
 """
 
@@ -127,6 +135,7 @@ if not status then
   redis.call('LPUSH', KEYS[2], ARGV[1])
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
   redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
+  redis.call('XADD', ARGV[10], 'MAXLEN', '~', ARGV[11], '*', 'e', 'status', 'd', ARGV[12])
 elseif status ~= 'queued' then
   return {status, redis.call('HGET', KEYS[1], 'incarnation') or '',
           redis.call('HGET', KEYS[1], 'result') or '', ''}
@@ -140,6 +149,8 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[3], 'incarnation
            'started', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
+redis.call('XADD', ARGV[10], 'MAXLEN', '~', ARGV[11], '*', 'e', 'status', 'd', ARGV[13])
+redis.call('EXPIRE', ARGV[10], ARGV[6])
 return {'claimed', redis.call('HGET', KEYS[1], 'created'),
         redis.call('HGET', KEYS[1], 'created_at'), request}
 """
@@ -161,6 +172,8 @@ redis.call('HINCRBY', KEYS[3], ARGV[8], 1)
 redis.call('LPUSH', KEYS[4], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[7])
 redis.call('DEL', KEYS[5])
+redis.call('XADD', ARGV[12], 'MAXLEN', '~', ARGV[13], '*', 'e', 'result', 'd', '')
+redis.call('EXPIRE', ARGV[12], ARGV[6])
 redis.call('PUBLISH', ARGV[11], ARGV[1])
 return 1
 """
@@ -175,6 +188,8 @@ if status == 'queued' then
   redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
   redis.call('LPUSH', KEYS[3], ARGV[1])
   redis.call('EXPIRE', KEYS[3], ARGV[3])
+  redis.call('XADD', ARGV[8], 'MAXLEN', '~', ARGV[9], '*', 'e', 'result', 'd', '')
+  redis.call('EXPIRE', ARGV[8], ARGV[2])
   redis.call('PUBLISH', ARGV[5], ARGV[6])
   return {'queued', ARGV[1]}
 end
@@ -210,6 +225,9 @@ for k = 4, #KEYS do
         redis.call('LPUSH', KEYS[1], id)
         redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[5]) - 1)
         redis.call('HINCRBY', KEYS[2], ARGV[6], 1)
+        redis.call('XADD', ARGV[11] .. id, 'MAXLEN', '~', ARGV[12], '*', 'e', 'status',
+                   'd', ARGV[13])
+        redis.call('EXPIRE', ARGV[11] .. id, ARGV[4])
         adopted[#adopted + 1] = id
       end
     end
@@ -238,6 +256,8 @@ for i = 1, #entries, 2 do
       redis.call('HINCRBY', KEYS[2], ARGV[7], 1)
       redis.call('LPUSH', ARGV[3] .. id, body)
       redis.call('EXPIRE', ARGV[3] .. id, ARGV[5])
+      redis.call('XADD', ARGV[9] .. id, 'MAXLEN', '~', ARGV[10], '*', 'e', 'result', 'd', '')
+      redis.call('EXPIRE', ARGV[9] .. id, ARGV[4])
       redis.call('PUBLISH', ARGV[8], id)
       table.insert(lost, id)
     end
@@ -255,7 +275,7 @@ def safe_address(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, *, blocking_s: float | None = None) -> redis.Redis:
     """A client with a thread-safe connection pool, that fails fast when Redis is down.
 
     The pool holds at most POOL_SIZE connections; past that a caller (thread or greenlet)
@@ -264,7 +284,18 @@ def connect(url: str) -> redis.Redis:
 
     One quick retry covers a pooled connection that a Redis restart closed; anything more would
     turn "Redis is down" into a wait. No connection is made until the first command.
+
+    With `blocking_s`, a client of one connection of its own instead, for a caller that
+    blocks in Redis (XREAD BLOCK) for up to that long.
     """
+    if blocking_s is not None:
+        return redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=1.0,
+            socket_timeout=blocking_s + 5.0,
+            single_connection_client=True,
+        )
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=POOL_SIZE,
@@ -332,10 +363,14 @@ def _refused(error: redis.ResponseError) -> bool:
 class Store:
     """Records, history, counters and worker heartbeats in one Redis. Thread-safe."""
 
-    def __init__(self, url: str, *, ttl_s: int, history_size: int) -> None:
+    def __init__(
+        self, url: str, *, ttl_s: int, history_size: int, events_max_len: int = EVENTS_MAX_LEN
+    ) -> None:
+        self.url = url
         self.address = safe_address(url)
         self.ttl_s = ttl_s
         self.history_size = history_size
+        self.events_max_len = events_max_len
         self.redis = connect(url)
         self._submit = self.redis.register_script(_SUBMIT)
         self._claim = self.redis.register_script(_CLAIM)
@@ -362,6 +397,9 @@ class Store:
             raise ExecutorError(f"Redis failed to {what}: {type(e).__name__}: {e}") from None
         except redis.RedisError as e:
             raise ExecutorError(f"Redis failed to {what}: {type(e).__name__}: {e}") from None
+
+    # For the modules that share this client (executor.streams): the same translation.
+    translated = _translated
 
     def close(self) -> None:
         self._finishes.close()
@@ -401,7 +439,18 @@ class Store:
         ]
         with self._translated("record a submission"):
             outcome, depth = self._submit(
-                keys, [*args, max_queue, WORKER, metrics.SUBMITTED, owner, request]
+                keys,
+                [
+                    *args,
+                    max_queue,
+                    WORKER,
+                    metrics.SUBMITTED,
+                    owner,
+                    request,
+                    EVENTS + execution_id,
+                    self.events_max_len,
+                    _status_event("queued"),
+                ],
             )
         if outcome == "ok":
             self._index(execution_id)
@@ -437,7 +486,7 @@ class Store:
         """Forget a submission that could not be queued (its id was never given out)."""
         with self._translated("discard a submission"):
             pipe = self.redis.pipeline(transaction=True)
-            pipe.delete(_record(execution_id))
+            pipe.delete(_record(execution_id), EVENTS + execution_id)
             pipe.lrem(RECENT, 1, execution_id)
             pipe.hincrby(COUNTERS, metrics.SUBMITTED, -1)
             pipe.execute()
@@ -513,7 +562,19 @@ class Store:
             self.ttl_s,
         ]
         with self._translated("claim an execution"):
-            reply = self._claim(keys, [*args, self.history_size, language, metrics.SUBMITTED])
+            reply = self._claim(
+                keys,
+                [
+                    *args,
+                    self.history_size,
+                    language,
+                    metrics.SUBMITTED,
+                    EVENTS + execution_id,
+                    self.events_max_len,
+                    _status_event("queued"),
+                    _status_event("running"),
+                ],
+            )
         if reply[0] == "claimed":
             self._index(execution_id)
             return Claim(
@@ -556,6 +617,8 @@ class Store:
             metrics.DURATION_MS_TOTAL,
             metrics.DURATION_COUNT,
             FINISHED,
+            EVENTS + execution_id,
+            self.events_max_len,
         ]
         with self._translated("store a result"):
             stored = bool(self._finish(keys, args))
@@ -585,6 +648,7 @@ class Store:
         args: list[str | int | float] = [json.dumps(body), self.ttl_s, DONE_TTL_S]
         with self._translated("cancel an execution"):
             args += [metrics.executions("cancelled"), FINISHED, execution_id, CANCELS]
+            args += [EVENTS + execution_id, self.events_max_len]
             outcome, result = self._cancel(keys, args)
         payload = json.loads(result) if result else None
         if outcome == "queued":
@@ -670,6 +734,7 @@ class Store:
             args: list[str | int | float] = [RECORD, repr(now), iso(now), self.ttl_s]
             args += [self.history_size, metrics.SUBMITTED, ADOPT_LIMIT, every]
             args += [TASK_NAME.replace(".", "%."), ADOPT_BYTES]
+            args += [EVENTS, self.events_max_len, _status_event("queued")]
             with self._translated("look for producers' messages"):
                 adopted = self._adopt(keys, args)  # None: another process looks right now
             if adopted is not None:
@@ -688,7 +753,8 @@ class Store:
         ]
         with self._translated("look for lost executions"):
             args += [self.ttl_s, DONE_TTL_S, LOST_MESSAGE, metrics.executions("internal_error")]
-            lost = cast(list[str], self._sweep(keys, [*args, FINISHED]))
+            args += [FINISHED, EVENTS, self.events_max_len]
+            lost = cast(list[str], self._sweep(keys, args))
         for execution_id in lost:
             self._index(execution_id)
         return lost
@@ -797,6 +863,11 @@ def _recent_entry(execution_id: str, row: list[str | None]) -> dict[str, Any]:
 
 def _record(execution_id: str) -> str:
     return RECORD + execution_id
+
+
+def _status_event(status: str) -> str:
+    """The data of a `status` event of the live stream (see executor.streams)."""
+    return json.dumps({"status": status})
 
 
 class _Finishes:

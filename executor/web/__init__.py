@@ -18,6 +18,7 @@ from executor.config import Settings
 from executor.errors import PayloadTooLarge
 from executor.request_schema import max_body_bytes, request_schema
 from executor.store import Store
+from executor.streams import EventStreams
 from executor.web import auth, docs, executions, operations, schemas
 from executor.web.context import EXTENSION, Context
 from executor.web.errors import ExecutorApi, register_error_handlers
@@ -52,11 +53,15 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     store = store or Store(
-        settings.redis_url, ttl_s=settings.result_ttl_s, history_size=settings.history_size
+        settings.redis_url,
+        ttl_s=settings.result_ttl_s,
+        history_size=settings.history_size,
+        events_max_len=settings.events_max_len,
     )
     celery = celery or create_celery(settings)
     health = Health(docker or default_docker(settings), store, celery_pinger(celery))
-    app.extensions[EXTENSION] = Context(settings, requests(), store, celery, health)
+    streams = EventStreams(store)
+    app.extensions[EXTENSION] = Context(settings, requests(), store, celery, health, streams)
     auth.install(app, settings)  # first: every later hook and view knows the caller
 
     api = ExecutorApi(app)

@@ -11,6 +11,7 @@ from flask import current_app
 from executor.config import Settings
 from executor.request_schema import RequestSchema
 from executor.store import Store
+from executor.streams import EventStreams
 from executor.web.health import Health
 
 EXTENSION = "executor"
@@ -23,6 +24,7 @@ class Context:
     store: Store
     celery: Any
     health: Health
+    streams: EventStreams  # live events (GET /executions/{id}/events)
     started: float = field(default_factory=time.monotonic)
 
 

@@ -15,7 +15,7 @@ from executor.models import RunRequest
 from executor.policy import ID_RULE, valid_execution_id
 from executor.request_schema import RequestSchema
 from executor.store import Record
-from executor.web import history, submissions
+from executor.web import events, history, submissions
 from executor.web.arguments import ApiBlueprint
 from executor.web.auth import caller
 from executor.web.context import context
@@ -57,6 +57,22 @@ _ERRORS = {
     503: "Docker, Redis or the workers are down; retry after Retry-After seconds.",
 }
 _LOCATION = {"Location": {"schema": {"type": "string"}}}
+_STREAM_DESCRIPTION = """Server-Sent Events, each with an `id`:
+`status` (`{"status": "queued"|"running"}`), `stdout` and `stderr` (`{"data": "<text>"}` in
+the order written, as the program writes; `"truncated": true` once a stream reached
+EXECUTOR_MAX_OUTPUT_BYTES), and last `result` (the result body, or the internal_error body);
+then the stream ends. A client reconnecting with `Last-Event-ID` gets what followed that
+event. Comment lines keep an idle stream open."""
+_STREAM_CONTENT = {
+    "content": {
+        events.EVENT_STREAM: {
+            "schema": {
+                "type": "string",
+                "description": "Server-Sent Events (see GET /executions/{id}/events).",
+            }
+        }
+    }
+}
 
 
 def schema_name(schema: type[Schema]) -> str:
@@ -96,11 +112,27 @@ def blueprint(request_schema: type[RequestSchema]) -> Blueprint:
         @blp.alt_response(
             502, schema=ErrorSchema, description="The execution could not run (e.g. lost)."
         )
+        @blp.doc(
+            responses={
+                "200": {
+                    "description": "The program ran; with `Accept: text/event-stream`, its "
+                    "live events instead (see GET /executions/{id}/events).",
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ExecutionResult"}
+                        },
+                        **_STREAM_CONTENT["content"],
+                    },
+                }
+            }
+        )
         @_errors(blp, 413, 422, 429, 503)
         def post(self, run: RunRequest) -> Any:
             ctx = context()
             key = request.headers.get(submissions.IDEMPOTENCY_HEADER)
             execution_id = submissions.submit(ctx, run, key, caller().owner)
+            if events.wanted():  # Accept: text/event-stream
+                return events.response(ctx, execution_id)
             language = languages(ctx.settings).get(run.language)
             build = language.compile_timeout if language is not None and language.compiled else 0
             budget = run.limits.timeout + build + ctx.settings.queue_grace_s
@@ -182,6 +214,34 @@ def blueprint(request_schema: type[RequestSchema]) -> Blueprint:
                     f"execution {execution_id} had already finished ({payload.get('status')})"
                 )
             return payload
+
+    @blp.route("/executions/<execution_id>/events")
+    class ExecutionEvents(MethodView):
+        @blp.doc(
+            summary="An execution's live events (Server-Sent Events)",
+            description=_STREAM_DESCRIPTION,
+            responses={
+                "200": {"description": "The event stream, until the result.", **_STREAM_CONTENT}
+            },
+            parameters=[
+                {
+                    "in": "header",
+                    "name": events.LAST_EVENT_ID,
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "Resume after this event id (EventSource sends it).",
+                }
+            ],
+        )
+        @blp.alt_response(
+            204,
+            description="The execution has finished and Last-Event-ID is its last event: "
+            "nothing follows (an EventSource stops reconnecting).",
+        )
+        @blp.alt_response(404, schema=ErrorSchema, description="Never submitted (or expired).")
+        def get(self, execution_id: str) -> Response:
+            record = known(execution_id)  # 404 for another key's
+            return events.response(context(), execution_id, events.last_event_id(), record)
 
     return blp
 

@@ -236,6 +236,7 @@ def serve_app() -> Iterator[AppFactory]:
     for server, thread, app in servers:
         server.shutdown()
         thread.join(5)
+        app.extensions["executor"].streams.close()
         app.extensions["executor"].store.close()
 
 

@@ -70,3 +70,22 @@ def test_status_shows_workers_queue_pool_and_recent(api: str, tmp_path: Path):
     assert "queue depth" in done.stdout and "warm containers" in done.stdout
     assert "celery@" in done.stdout or "workers (" in done.stdout
     assert "success" in done.stdout  # the run above, among the recent executions
+
+
+def test_run_stream_writes_output_as_the_program_writes_it(api: str, tmp_path: Path):
+    program = tmp_path / "live.py"
+    program.write_text(
+        "import sys, time\nprint('early', flush=True)\nprint('oops', file=sys.stderr)\n"
+        "time.sleep(30)\n"
+    )
+    argv = [sys.executable, "-m", "executor", "run", str(program), "--timeout", "4", "--stream"]
+    with subprocess.Popen(
+        [*argv, "--api", api], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == "early\n"
+        assert proc.poll() is None  # the program still runs (until its timeout)
+        assert proc.wait(120) == 124
+        assert proc.stdout.read() == "" and proc.stderr.read() == "oops\n"
+    done = cli("run", str(program), "--timeout", "100000", "--stream", "--api", api)
+    assert done.returncode == 2 and "HTTP 422" in done.stderr

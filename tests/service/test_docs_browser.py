@@ -21,8 +21,9 @@ from tests.conftest import missing
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
-OPERATIONS = ("/execute", "/executions", "/executions/{execution_id}", "/languages", "/health",
-              "/status", "/metrics")  # fmt: skip
+OPERATIONS = ("/execute", "/executions", "/executions/{execution_id}",
+              "/executions/{execution_id}/events", "/languages", "/health", "/status",
+              "/metrics")  # fmt: skip
 
 
 def chromium() -> str:

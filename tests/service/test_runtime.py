@@ -15,6 +15,7 @@ from executor.cancellation import CancelToken
 from executor.config import Settings
 from executor.errors import DockerUnavailable, ExecutionLost, InvalidRequest, SandboxError
 from executor.models import RunRequest, RunResult
+from executor.protocol import OutputSink
 from executor.runtime import Events, WorkerRuntime
 from tests.service.conftest import flushed, wait_until
 
@@ -39,7 +40,11 @@ class FakeService:
         self.stopped = True
 
     def run(
-        self, request: RunRequest, execution_id: str, cancel: CancelToken | None = None
+        self,
+        request: RunRequest,
+        execution_id: str,
+        cancel: CancelToken | None = None,
+        output: OutputSink | None = None,
     ) -> RunResult:
         self.runs.append((request, execution_id))
         self.events("containers_created", 1)
