@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from executor import metrics
+from executor import logs, metrics
 from executor.celery_app import TimeLimits
 from executor.config import Settings
 from executor.errors import ExecutorError, InvalidRequest, SandboxError, error_for
@@ -153,6 +153,10 @@ class WorkerRuntime:
         The program's own failure is a result. An invalid payload or an infrastructure fault
         finishes the record as internal_error and raises the matching ExecutorError.
         """
+        with logs.execution(execution_id):
+            return self._execute(payload, execution_id)
+
+    def _execute(self, payload: Any, execution_id: str) -> dict[str, Any]:
         service = self.service
         claim = self.store.claim(
             execution_id, _language_of(payload), self.incarnation, self.settings.instance

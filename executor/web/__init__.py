@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask, request
 
-from executor import __version__
+from executor import __version__, logs
 from executor.celery_app import create_celery
 from executor.config import Settings
 from executor.errors import PayloadTooLarge
@@ -71,6 +71,13 @@ def create_app(
     api.register_blueprint(operations.blueprint())
     register_error_handlers(app)
     docs.register(app, api)
+
+    @app.before_request
+    def bind_execution() -> None:
+        # Every log line of a request about an execution carries its id (a kept-alive
+        # connection's next request starts unbound); POST binds the id it creates.
+        args = request.view_args or {}
+        logs.bind_execution(args.get("execution_id"))
 
     @app.before_request
     def refuse_large_bodies() -> None:
