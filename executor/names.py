@@ -53,3 +53,4 @@ HISTORY = PREFIX + "history"
 HISTORY_BY = PREFIX + "history:"  # + field + ":" + value
 HISTORY_FIELDS = ("status", "language", "worker", "owner")
 RATE_LIMITS = PREFIX + "ratelimit"  # Flask-Limiter's key prefix (its counters, per API key)
+MINUTE = PREFIX + "minute:"  # + minute since the epoch: the last hour (see executor.timeline)

@@ -18,7 +18,7 @@ from executor.config import Settings
 from executor.errors import PayloadTooLarge
 from executor.request_schema import max_body_bytes, request_schema
 from executor.store import Store
-from executor.web import auth, docs, executions, operations, schemas
+from executor.web import auth, dashboard, docs, executions, operations, schemas
 from executor.web.context import EXTENSION, Context
 from executor.web.errors import ExecutorApi, register_error_handlers
 from executor.web.health import Health, Pinger, celery_pinger, default_docker
@@ -57,6 +57,14 @@ def create_app(
     celery = celery or create_celery(settings)
     health = Health(docker or default_docker(settings), store, celery_pinger(celery))
     app.extensions[EXTENSION] = Context(settings, requests(), store, celery, health)
+    @app.before_request
+    def bind_execution() -> None:
+        # Before auth's hook, so that a refused request does not log a previous one's id.
+        # Every log line of a request about an execution carries its id (a kept-alive
+        # connection's next request starts unbound); POST binds the id it creates.
+        args = request.view_args or {}
+        logs.bind_execution(args.get("execution_id"))
+
     auth.install(app, settings)  # first: every later hook and view knows the caller
 
     api = ExecutorApi(app)
@@ -69,15 +77,9 @@ def create_app(
     api.spec.components.schema(executions.schema_name(failed), schema=failed)
     api.register_blueprint(executions.blueprint(requests))
     api.register_blueprint(operations.blueprint())
+    app.register_blueprint(dashboard.blueprint())  # HTML for people, not in the OpenAPI
     register_error_handlers(app)
     docs.register(app, api)
-
-    @app.before_request
-    def bind_execution() -> None:
-        # Every log line of a request about an execution carries its id (a kept-alive
-        # connection's next request starts unbound); POST binds the id it creates.
-        args = request.view_args or {}
-        logs.bind_execution(args.get("execution_id"))
 
     @app.before_request
     def refuse_large_bodies() -> None:
