@@ -57,6 +57,7 @@ def create_app(
     celery = celery or create_celery(settings)
     health = Health(docker or default_docker(settings), store, celery_pinger(celery))
     app.extensions[EXTENSION] = Context(settings, requests(), store, celery, health)
+
     @app.before_request
     def bind_execution() -> None:
         # Before auth's hook, so that a refused request does not log a previous one's id.
@@ -65,7 +66,7 @@ def create_app(
         args = request.view_args or {}
         logs.bind_execution(args.get("execution_id"))
 
-    auth.install(app, settings)  # first: every later hook and view knows the caller
+    auth.install(app, settings)  # every later hook and view knows the caller
 
     api = ExecutorApi(app)
     if auth.Keys.from_settings(settings).enabled:  # every operation but /health needs a key
