@@ -1,7 +1,11 @@
 # The service image: API, worker and Docker security proxy (one image, three commands; see
-# docker-compose.yml). Installs offline from wheelhouse/, which `make wheelhouse` fills on the
-# host with the wheels of requirements.txt (build with `make service-image`). The host's Python
-# must be the image's minor version (3.11) for wheels of compiled packages to fit.
+# docker-compose.yml). One Dockerfile, two ways to get the Python packages:
+#   - `docker build .` on a machine whose builds reach PyPI: pip installs requirements.txt
+#     from the index (wheelhouse/ is absent or empty);
+#   - offline, where builds reach no index (as on the project's own machines): `make
+#     service-image` first fills wheelhouse/ on the host with the wheels of requirements.txt,
+#     and pip installs from there only (--no-index). The host's Python must be the image's
+#     minor version (3.11) for wheels of compiled packages to fit.
 # Works with the classic builder as well as BuildKit.
 ARG BASE=python:3.11-slim
 
@@ -14,11 +18,19 @@ RUN python3 -m venv /opt/venv 2>/dev/null || { \
         && apt-get install -y --no-install-recommends python3-venv \
         && rm -rf /var/lib/apt/lists/* \
         && python3 -m venv /opt/venv; }
-COPY requirements.txt /build/requirements.txt
-COPY wheelhouse/ /build/wheelhouse/
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-index \
-        --find-links /build/wheelhouse -r /build/requirements.txt \
- && /opt/venv/bin/python -m compileall -q /opt/venv
+# `wheelhouse*` matches nothing on a fresh clone: then only requirements.txt is copied.
+COPY requirements.txt wheelhouse* /build/
+RUN set -e; \
+    if ls /build/*.whl >/dev/null 2>&1; then \
+        echo "installing offline from wheelhouse/"; \
+        /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-index \
+            --find-links /build -r /build/requirements.txt; \
+    else \
+        echo "wheelhouse/ is empty: installing from the package index"; \
+        /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
+            -r /build/requirements.txt; \
+    fi; \
+    /opt/venv/bin/python -m compileall -q /opt/venv
 
 FROM ${BASE}
 LABEL org.opencontainers.image.title="executor-service" \
@@ -28,7 +40,8 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
-    PORT=8083
+    PORT=8083 \
+    EXECUTOR_LOG_FORMAT=json
 RUN groupadd --gid 10000 executor \
  && useradd --uid 10000 --gid 10000 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin executor

@@ -10,6 +10,9 @@ if __name__ == "__main__":
     serve("api")
 else:
     from executor.config import Settings
+    from executor.logs import configure as configure_logging
     from executor.web import create_app
 
-    app = create_app(Settings.from_env())
+    settings = Settings.from_env()
+    configure_logging(settings.log_format, settings.log_level)
+    app = create_app(settings)

@@ -53,6 +53,16 @@ def _upper(name: str, raw: str) -> str:
     return raw.upper()
 
 
+def _choice(*choices: str) -> Parser:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
 def _list(name: str, raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(","))
 
@@ -248,6 +258,8 @@ class Settings:
     rate_limit: str = _setting("EXECUTOR_RATE_LIMIT", "", _rate_limit)
 
     log_level: str = _setting("EXECUTOR_LOG_LEVEL", "INFO", _upper)
+    # JSON lines (executor.logs) for shipping; "text" for people, in development.
+    log_format: str = _setting("EXECUTOR_LOG_FORMAT", "json", _choice("json", "text"))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -86,10 +86,18 @@ class Backstop:
         for execution_id, elapsed in running:
             if elapsed > self.limits.soft_s and execution_id not in self._warned:
                 self._warned.add(execution_id)
-                log.warning("execution %s passed the soft time limit", execution_id)
+                log.warning(
+                    "execution %s passed the soft time limit",
+                    execution_id,
+                    extra={"execution_id": execution_id},
+                )
             if elapsed > self.limits.hard_s and execution_id not in self._overdue:
                 self._overdue.add(execution_id)
-                log.error("execution %s passed the hard time limit", execution_id)
+                log.error(
+                    "execution %s passed the hard time limit",
+                    execution_id,
+                    extra={"execution_id": execution_id},
+                )
                 limit = f"{self.limits.hard_s:g} s"
                 error = SandboxError(f"the execution passed the worker's hard time limit ({limit})")
                 self._fail(execution_id, error)

@@ -60,3 +60,4 @@ RATE_LIMITS = PREFIX + "ratelimit"  # Flask-Limiter's key prefix (its counters, 
 
 EVENTS = PREFIX + "events:"  # + id: the execution's live events, a Redis stream (executor.streams)
 EVENTS_WAKE = PREFIX + "events-wake:"  # + a reader's id: wakes its blocked XREAD (executor.streams)
+MINUTE = PREFIX + "minute:"  # + minute since the epoch: the last hour (see executor.timeline)

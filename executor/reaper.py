@@ -16,7 +16,7 @@ from typing import Any
 
 from executor import metrics
 from executor.engine import Engine
-from executor.policy import LABEL_WORKER, SANDBOX_LABEL_FILTER
+from executor.policy import LABEL_EXECUTION, LABEL_WORKER, SANDBOX_LABEL_FILTER
 from executor.protocol import COMPILE_TIMEOUT_S
 from executor.sandbox import DEADLINE_GRACE_S, Events
 
@@ -99,7 +99,14 @@ class Reaper:
         for container in self.engine.sandboxes(SANDBOX_LABEL_FILTER):
             reason = self.abandoned(container, now)
             if reason and self.engine.remove(str(container["Id"])):
-                log.info("reaped sandbox %s: %s", str(container["Id"])[:12], reason)
+                labels = container.get("Labels") or {}
+                execution = labels.get(LABEL_EXECUTION) or None  # a warm one ran nothing yet
+                log.info(
+                    "reaped sandbox %s: %s",
+                    str(container["Id"])[:12],
+                    reason,
+                    extra={"execution_id": execution},
+                )
                 removed += 1
         if removed:
             self.events(metrics.CONTAINERS_REAPED, removed)

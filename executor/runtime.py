@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
-from executor import metrics
+from executor import logs, metrics
 from executor.cancellation import Cancellations, CancelToken
 from executor.celery_app import TimeLimits
 from executor.config import Settings
@@ -195,6 +195,10 @@ class WorkerRuntime:
                 f"the task id {execution_id[:140]!r} cannot name an execution: use {ID_RULE}",
                 errors={"task_id": [f"Must be {ID_RULE}."]},
             )
+        with logs.execution(execution_id):
+            return self._execute(payload, execution_id)
+
+    def _execute(self, payload: Any, execution_id: str) -> dict[str, Any]:
         service = self.service
         claim = self.store.claim(
             execution_id, _language_of(payload), self.incarnation, self.settings.instance

@@ -47,6 +47,7 @@ def options(settings: Settings, environ: Mapping[str, str] | None = None) -> dic
         "keepalive": int(settings.http_idle_timeout) or 1,
         "backlog": 2048,
         "accesslog": "-",
+        "logger_class": "executor.gunicorn_logging.GunicornLogger",  # EXECUTOR_LOG_FORMAT
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         # Method, path, status, size, time: never a body.

@@ -26,6 +26,8 @@ Everything here is shared by every API and worker process. Keys (all under ``exe
     history, history:<field>:<value>
                      sorted sets of ids by creation time: the history's indexes
                      (executor.history; every transition below re-indexes its record)
+    minute:<m>       hash: executions finished in minute m by status and latency bucket, for
+                     the operator's page (executor.timeline); an hour of them at most
 
 A record's `owner` field is the id of the API key that submitted it (executor.web.auth), never
 the key; `summary` is its history item once finished (the result without its output), kept
@@ -62,7 +64,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from executor import metrics
+from executor import metrics, timeline
 from executor.cancellation import cancelled_before_start
 from executor.errors import ExecutorError, NoWorkers, QueueFull, RedisUnavailable
 from executor.history import History, HistoryPage, HistoryQuery, summary
@@ -77,6 +79,7 @@ from executor.names import (
     EVENTS,
     FINISHED,
     IDEMPOTENCY,
+    MINUTE,
     QUEUE_KEYS,
     RECENT,
     RECORD,
@@ -624,6 +627,7 @@ class Store:
             stored = bool(self._finish(keys, args))
         if stored:
             self._index(execution_id, summary(payload, str(args[3])))
+            self._count_minute(status, _latency_ms(payload))
         return stored
 
     # -- cancelling --------------------------------------------------------------------------
@@ -653,6 +657,7 @@ class Store:
         payload = json.loads(result) if result else None
         if outcome == "queued":
             self._index(execution_id)  # no output to leave out of its item
+            self._count_minute("cancelled", None)
             return "queued", payload
         if outcome in ("unknown", "running"):
             return str(outcome), None
@@ -743,6 +748,29 @@ class Store:
                 return len(adopted)
         return 0
 
+    def _count_minute(self, status: str, latency_ms: float | None) -> None:
+        """Add one finished execution to this minute of the timeline (best effort: the
+        record is already final, and the page's charts may miss one)."""
+        key = MINUTE + str(timeline.minute_of(time.time()))
+        with contextlib.suppress(redis.RedisError):
+            pipe = self.redis.pipeline(transaction=False)
+            for name in timeline.fields_for(status, latency_ms):
+                pipe.hincrby(key, name, 1)
+            pipe.expire(key, timeline.KEY_TTL_S)
+            pipe.execute()
+
+    def last_hour(self, now: float | None = None) -> list[timeline.Minute]:
+        """The last hour, minute by minute, oldest first (executor.timeline)."""
+        minutes = timeline.span(time.time() if now is None else now)
+        with self._translated("read the timeline"):
+            pipe = self.redis.pipeline(transaction=False)
+            for minute in minutes:
+                pipe.hgetall(MINUTE + str(minute))
+            rows = pipe.execute()
+        return [
+            timeline.Minute.from_hash(m * 60, row) for m, row in zip(minutes, rows, strict=True)
+        ]
+
     def sweep_lost(self) -> list[str]:
         """Finish as internal_error every running execution whose worker stopped beating."""
         keys = [RUNNING, COUNTERS]
@@ -757,6 +785,7 @@ class Store:
             lost = cast(list[str], self._sweep(keys, args))
         for execution_id in lost:
             self._index(execution_id)
+            self._count_minute("internal_error", None)
         return lost
 
     # -- history ---------------------------------------------------------------------------
@@ -859,6 +888,14 @@ def _recent_entry(execution_id: str, row: list[str | None]) -> dict[str, Any]:
         "created_at": created_at,
         "worker": worker or None,
     }
+
+
+def _latency_ms(payload: Mapping[str, Any]) -> float | None:
+    """Submission to the program's end (queue wait plus run time), when the payload has it."""
+    duration, queued = payload.get("duration_ms"), payload.get("queued_ms")
+    if not isinstance(duration, int | float):
+        return None
+    return float(duration) + (float(queued) if isinstance(queued, int | float) else 0.0)
 
 
 def _record(execution_id: str) -> str:

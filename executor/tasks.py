@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 from celery import Celery, Task, bootsteps, signals
+from celery.apps.worker import install_worker_term_handler
 from celery.concurrency.thread import TaskPool
 from celery.worker import state as worker_state
 from kombu.entity import Queue
@@ -26,6 +27,7 @@ from executor.celery_app import create_celery
 from executor.config import Settings
 from executor.errors import ExecutorError
 from executor.languages import REGISTRY
+from executor.logs import configure as configure_logging
 from executor.monitor import MonitorServer, WorkerProbe
 from executor.names import QUEUE, TASK_NAME, queue_for
 from executor.runtime import WorkerRuntime
@@ -102,6 +104,21 @@ def create_worker(settings: Settings) -> Celery:
     monitor = MonitorServer(settings.monitor_port, probe)
 
     # Celery's signals are process-wide: act only for this app's own worker.
+    def on_setup_logging(loglevel: Any = None, **_: Any) -> None:
+        # A receiver here replaces Celery's own logging setup (and its stdout redirection);
+        # the level is the worker's --loglevel, as with Celery's own.
+        configure_logging(settings.log_format, loglevel or settings.log_level)
+
+    def on_init(sender: Any = None, instance: Any = None, **_: Any) -> None:
+        # Before Celery's first warnings (running as root...), so they are records too.
+        if getattr(instance, "app", None) is app:
+            configure_logging(settings.log_format, settings.log_level)
+
+    def on_after_setup(sender: Any = None, instance: Any = None, **_: Any) -> None:
+        # The banner is printed, not logged: in JSON it would be the one line that is not.
+        if getattr(instance, "app", None) is app and settings.log_format == "json":
+            instance.quiet = True
+
     def on_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
             # Celery logs each task's return value (up to 1 KiB of the result, so of its
@@ -116,10 +133,14 @@ def create_worker(settings: Settings) -> Celery:
                 if language.name not in served and queue in worker_queues(settings):
                     sender.cancel_task_queue(queue)
             consumer[:] = [sender]
+            if settings.log_format == "json":
+                # Celery prints "worker: Warm shutdown" on SIGTERM; the same handler, silent.
+                install_worker_term_handler(sender.controller, verbose=False)
             monitor.start()
 
     def on_shutdown(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
+            logging.getLogger(__name__).info("worker shutting down")
             monitor.stop()
             runtime.stop()
 
@@ -131,6 +152,9 @@ def create_worker(settings: Settings) -> Celery:
                 logging.getLogger(__name__).warning("revoke of %s: %s", request.id, e)
 
     signals.task_revoked.connect(on_revoked, weak=False)
+    signals.setup_logging.connect(on_setup_logging, weak=False)
+    signals.celeryd_init.connect(on_init, weak=False)
+    signals.celeryd_after_setup.connect(on_after_setup, weak=False)
     signals.worker_ready.connect(on_ready, weak=False)
     signals.worker_shutdown.connect(on_shutdown, weak=False)
     app.executor_runtime = runtime

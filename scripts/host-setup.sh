@@ -57,6 +57,8 @@ setup_packages() {
 		[chromium]=chromium [ps]=procps [setsid]=util-linux
 		# promtool checks and unit-tests deploy/prometheus/alerts.yml in the suite
 		[promtool]=prometheus
+		# the suite brings the compose stack up (tests/service/test_compose.py)
+		[docker-compose]=docker-compose
 	)
 	local -A missing=()
 	local cmd

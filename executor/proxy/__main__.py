@@ -9,6 +9,7 @@ import signal
 import sys
 
 from executor.config import Settings, SettingsError
+from executor.logs import configure as configure_logging
 from executor.metrics import ProxyMetrics
 from executor.proxy.audit import AuditLog
 from executor.proxy.metrics_port import MetricsPort
@@ -112,10 +113,7 @@ async def serve(settings: Settings) -> None:
 def main() -> int:
     try:
         settings = Settings.from_env()
-        logging.basicConfig(
-            level=settings.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(settings.log_format, settings.log_level)
         asyncio.run(serve(settings))
     except (SettingsError, ValueError) as e:
         print(f"executor-proxy: {e}", file=sys.stderr)

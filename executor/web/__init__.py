@@ -12,14 +12,14 @@ from typing import Any
 
 from flask import Flask, request
 
-from executor import __version__
+from executor import __version__, logs
 from executor.celery_app import create_celery
 from executor.config import Settings
 from executor.errors import PayloadTooLarge
 from executor.request_schema import max_body_bytes, request_schema
 from executor.store import Store
 from executor.streams import EventStreams
-from executor.web import auth, docs, executions, operations, schemas
+from executor.web import auth, dashboard, docs, executions, operations, schemas
 from executor.web.context import EXTENSION, Context
 from executor.web.errors import ExecutorApi, register_error_handlers
 from executor.web.health import Health, Pinger, celery_pinger, default_docker
@@ -62,7 +62,16 @@ def create_app(
     health = Health(docker or default_docker(settings), store, celery_pinger(celery))
     streams = EventStreams(store)
     app.extensions[EXTENSION] = Context(settings, requests(), store, celery, health, streams)
-    auth.install(app, settings)  # first: every later hook and view knows the caller
+
+    @app.before_request
+    def bind_execution() -> None:
+        # Before auth's hook, so that a refused request does not log a previous one's id.
+        # Every log line of a request about an execution carries its id (a kept-alive
+        # connection's next request starts unbound); POST binds the id it creates.
+        args = request.view_args or {}
+        logs.bind_execution(args.get("execution_id"))
+
+    auth.install(app, settings)  # every later hook and view knows the caller
 
     api = ExecutorApi(app)
     if auth.Keys.from_settings(settings).enabled:  # every operation but /health needs a key
@@ -74,6 +83,7 @@ def create_app(
     api.spec.components.schema(executions.schema_name(failed), schema=failed)
     api.register_blueprint(executions.blueprint(requests))
     api.register_blueprint(operations.blueprint())
+    app.register_blueprint(dashboard.blueprint())  # HTML for people, not in the OpenAPI
     register_error_handlers(app)
     docs.register(app, api)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from kombu.exceptions import OperationalError
 
+from executor import logs
 from executor.errors import InvalidRequest, RedisUnavailable
 from executor.models import RunRequest
 from executor.names import TASK_NAME, queue_for
@@ -42,6 +43,7 @@ def submit(
     """
     ctx.health.require_docker()
     execution_id = str(uuid.uuid4())
+    logs.bind_execution(execution_id)
     if idempotency_key is not None:
         known = _known_execution(ctx, request, idempotency_key, execution_id, owner)
         if known is not None:
@@ -80,6 +82,7 @@ def _known_execution(
             errors={IDEMPOTENCY_HEADER: ["Already used with another request body."]},
         )
     if known_id != execution_id:
+        logs.bind_execution(known_id)
         log.info("execution %s: a retry with its Idempotency-Key", known_id)
         return known_id
     return None

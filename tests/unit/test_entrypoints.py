@@ -78,7 +78,7 @@ def test_gunicorn_master_imports_nothing_that_gevent_must_patch_first():
     # the workers: Redis, Celery and the app must be imported only in the workers.
     code = (
         "import runpy, sys; runpy.run_path('gunicorn.conf.py');"
-        "import executor.http_worker;"
+        "import executor.http_worker, executor.gunicorn_logging;"
         "print(sorted(m for m in ('redis', 'celery', 'kombu', 'flask', 'executor.web')"
         " if m in sys.modules))"
     )
