@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from executor import metrics
+from executor.budget import MAX_TESTS, RUN_OVERHEAD_S, extra_seconds
 from executor.celery_app import TimeLimits
 from executor.config import Settings
 from executor.errors import ExecutorError, InvalidRequest, SandboxError, error_for
@@ -159,7 +160,7 @@ class WorkerRuntime:
         )
         if not claim.claimed:
             return self._redelivered(execution_id, claim)
-        with self.backstop.running(execution_id, _build_allowance(payload)):
+        with self.backstop.running(execution_id, _allowance(payload, self.settings)):
             try:
                 request = parse_request(self.requests, payload)
             except InvalidRequest as e:
@@ -283,10 +284,14 @@ class WorkerRuntime:
         }
 
 
-def _build_allowance(payload: Any) -> float:
-    """The build time limit of the payload's language, if it compiles (0 otherwise)."""
+def _allowance(payload: Any, settings: Settings) -> float:
+    """Time the payload may take beyond one timeout: the build of its language, if it compiles,
+    and its test cases after the first (read before validation: bounded by the largest)."""
     language = next((lang for lang in REGISTRY if lang.name == _language_of(payload)), None)
-    return language.compile_timeout if language is not None and language.compiled else 0.0
+    build = language.compile_timeout if language is not None and language.compiled else 0.0
+    tests = payload.get("tests") if isinstance(payload, dict) else None
+    runs = min(len(tests), MAX_TESTS) if isinstance(tests, list) else 1
+    return build + extra_seconds(settings.max_timeout, runs) + RUN_OVERHEAD_S
 
 
 def _language_of(payload: Any) -> str:

@@ -10,6 +10,7 @@ started outlives its execution, and the counters count only what Docker confirme
 
 from __future__ import annotations
 
+import base64
 import logging
 import select
 import signal
@@ -17,15 +18,27 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from executor import metrics
+from executor.budget import run_seconds
 from executor.config import Settings
 from executor.engine import Engine
 from executor.errors import ContainerLost, SandboxError, UidInUse
-from executor.models import Language, Limits, RunRequest, RunResult, StepResult, iso
+from executor.models import (
+    CaseResult,
+    Language,
+    Limits,
+    OutputFile,
+    RunRequest,
+    RunResult,
+    StepResult,
+    TestCase,
+    Usage,
+    iso,
+)
 from executor.policy import profile_name, sandbox_config
-from executor.protocol import Reply, Step, encode_request
+from executor.protocol import CaseReply, Reply, Step, encode_request
 from executor.uids import UidAllocator, UidsExhausted
 
 log = logging.getLogger(__name__)
@@ -186,8 +199,17 @@ class Sandbox:
         """
         language = container.language
         limits = request.limits
-        payload = encode_request(request, language, self.settings.max_output_bytes)
-        reply = Reply(self.settings.max_output_bytes, ready=container.ready)
+        settings = self.settings
+        caps = (settings.max_output_files, settings.max_output_files_bytes)
+        payload = encode_request(request, language, settings.max_output_bytes, caps)
+        runs = max(1, len(request.tests))
+        reply = Reply(
+            settings.max_output_bytes,
+            ready=container.ready,
+            cases=runs,
+            max_files=caps[0] if request.outputs else 0,
+            max_files_bytes=caps[1] if request.outputs else 0,
+        )
         sock = container.sock
         try:
             sock.settimeout(self.settings.docker_timeout)
@@ -198,7 +220,8 @@ class Sandbox:
             ) from None
         started_at = iso()
         delivered = time.monotonic()
-        budget = limits.timeout + (language.compile_timeout if language.compile else 0.0)
+        build_s = language.compile_timeout if language.compile else 0.0
+        budget = run_seconds(limits.timeout, runs, build_s, bool(request.outputs))
         deadline = delivered + budget + DEADLINE_GRACE_S
         if container.pending:
             reply.feed(container.pending)
@@ -239,28 +262,124 @@ class Sandbox:
     ) -> RunResult:
         language = container.language
         final = reply.final
-        cap = self.settings.max_output_bytes
         build = final.compile if final is not None else None
-        run: Step | None = final.run if final is not None else None
         compile_step = None
         if build is not None:
             compile_step = StepResult(
                 exit_code=build.exit_code,
-                stdout=reply.text(b"o"),
-                stderr=reply.text(b"e"),
+                stdout=reply.build_text(b"o"),
+                stderr=reply.build_text(b"e"),
                 duration_ms=build.duration_ms,
+                usage=Usage(build.usage.cpu_ms, build.usage.memory_bytes),
             )
-        exit_code = run.exit_code if run is not None else None
-        sig = run.signal if run is not None else None
-        duration_ms = run.duration_ms if run is not None else measured_ms
-        stderr = reply.text(b"E")
+        built = build is None or build.exit_code == 0
+        runs = self._runs(container, request, reply, killed, measured_ms) if built else []
+        result = RunResult(
+            status="compile_error",
+            exit_code=None,
+            signal=None,
+            stdout="",
+            stderr="",
+            stdout_truncated=False,
+            stderr_truncated=False,
+            duration_ms=0,
+            language=language.name,
+            image=f"{language.image}@{container.image_id}",
+            limits=request.limits,
+            compile=compile_step,
+            started_at=started_at,
+            container_id=container.id,
+        )
+        if runs:
+            # The first run that did not succeed speaks for them all, else the last one.
+            first = next((run for run in runs if run.status != "success"), runs[-1])
+            result.status = first.status
+            result.exit_code, result.signal = first.exit_code, first.signal
+            result.stdout, result.stderr = first.stdout, first.stderr
+            result.stdout_truncated = first.stdout_truncated
+            result.stderr_truncated = first.stderr_truncated
+            result.duration_ms = sum(run.duration_ms for run in runs)
+            result.usage = Usage(
+                cpu_ms=sum(run.usage.cpu_ms for run in runs),
+                memory_bytes=max(run.usage.memory_bytes for run in runs),
+            )
+        if request.tests:
+            result.tests = runs
+            result.passed = sum(run.passed is True for run in runs)
+            result.failed = sum(run.passed is False for run in runs)
+        if request.outputs:
+            complete = [f for f in reply.files if len(f.data) == f.size]
+            result.files = [
+                OutputFile(f.path, f.size, base64.b64encode(bytes(f.data)).decode("ascii"))
+                for f in complete
+            ]
+            result.files_truncated = final.files_truncated if final is not None else True
+        result.finished_at = iso()
+        return result
+
+    def _runs(
+        self,
+        container: Container,
+        request: RunRequest,
+        reply: Reply,
+        killed: bool,
+        measured_ms: int,
+    ) -> list[CaseResult]:
+        """One result per run (each test case, or the one run): reported, cut short by the
+        end of the sandbox, or never started because of it."""
+        language = container.language
+        cap = self.settings.max_output_bytes
+        cases = request.tests or (TestCase(),)
+        runs: list[CaseResult] = []
+        ended = False  # the sandbox ended in a run: the runs after it never started
+        for index, case in enumerate(cases):
+            got = reply.cases[index] if index < len(reply.cases) else None
+            if got is not None and got.step is not None:
+                step = got.step
+                stdout, stderr = reply.case_text(got, b"O"), reply.case_text(got, b"E")
+                run = CaseResult(
+                    status=_status(language, step, stderr),
+                    exit_code=step.exit_code,
+                    signal=step.signal,
+                    stdout=stdout,
+                    stderr=stderr,
+                    stdout_truncated=step.stdout_bytes > cap,
+                    stderr_truncated=step.stderr_bytes > cap,
+                    duration_ms=step.duration_ms,
+                    usage=Usage(step.usage.cpu_ms, step.usage.memory_bytes),
+                    passed=None,
+                )
+            elif not ended:
+                spent = sum(r.duration_ms for r in runs)
+                run = self._cut_short(container, request, reply, got, killed, measured_ms - spent)
+                ended = True
+            else:
+                run = _NOT_RUN
+            if case.expected_stdout is not None:
+                run = replace(run, passed=same_output(run.stdout, case.expected_stdout))
+            runs.append(run)
+        return runs
+
+    def _cut_short(
+        self,
+        container: Container,
+        request: RunRequest,
+        reply: Reply,
+        got: CaseReply | None,
+        killed: bool,
+        measured_ms: int,
+    ) -> CaseResult:
+        """The run the sandbox ended in: no report of it, or none that can be trusted."""
+        stdout = reply.case_text(got, b"O") if got is not None else ""
+        stderr = reply.case_text(got, b"E") if got is not None else ""
+        usage = Usage()
         if killed:
-            status, exit_code, sig, duration_ms = "timeout", None, "SIGKILL", measured_ms
+            status, exit_code, sig = "timeout", None, "SIGKILL"
         elif reply.broken:
             status, exit_code, sig = "error", None, "SIGKILL"
             stderr += f"\n[executor] {reply.broken}; the sandbox was killed\n"
             log.warning("container %s: %s", container.id[:12], reply.broken)
-        elif final is None:
+        else:
             # The runner died before reporting: the OOM killer took it (under gVisor it takes
             # the whole sandbox), or the sandbox's runtime failed.
             # The engine records an OOM kill as it happens, and forgets it when it removes the
@@ -272,6 +391,8 @@ class Sandbox:
                 sig = _signal_name(code - 128)
             if oom or self.engine.oom_killed(container.id):
                 status, sig = "memory_limit", "SIGKILL"
+                # No report: the peak is the limit the kernel held it to.
+                usage = Usage(memory_bytes=request.limits.memory_mb * 1024 * 1024)
             else:
                 stderr += "\n[executor] the sandbox ended without reporting a result\n"
             log.warning(
@@ -280,34 +401,55 @@ class Sandbox:
                 code,
                 bytes(reply.diagnostics[:500]).decode("utf-8", "replace"),
             )
-        elif run is None:
-            status = "compile_error"
-        elif run.timed_out:
-            status = "timeout"
-        elif run.oom or _runtime_out_of_memory(language, run, stderr):
-            status = "memory_limit"
-        elif exit_code == 0:
-            status = "success"
-        else:
-            status = "error"
-        ran = final is None or run is not None
-        return RunResult(
+        cap = self.settings.max_output_bytes
+        return CaseResult(
             status=status,
-            exit_code=exit_code if ran else None,
-            signal=sig if ran else None,
-            stdout=reply.text(b"O"),
+            exit_code=exit_code,
+            signal=sig,
+            stdout=stdout,
             stderr=stderr,
-            stdout_truncated=_written(run, "stdout_bytes", reply.streams[b"O"]) > cap,
-            stderr_truncated=_written(run, "stderr_bytes", reply.streams[b"E"]) > cap,
-            duration_ms=duration_ms if ran else 0,
-            language=language.name,
-            image=f"{language.image}@{container.image_id}",
-            limits=request.limits,
-            compile=compile_step,
-            started_at=started_at,
-            finished_at=iso(),
-            container_id=container.id,
+            stdout_truncated=got is not None and len(got.streams[b"O"]) >= cap,
+            stderr_truncated=got is not None and len(got.streams[b"E"]) >= cap,
+            duration_ms=max(0, measured_ms),
+            usage=usage,
+            passed=None,
         )
+
+
+# A run that never started: the sandbox ended during an earlier one.
+_NOT_RUN = CaseResult(
+    status="error",
+    exit_code=None,
+    signal=None,
+    stdout="",
+    stderr="[executor] not run: the sandbox ended during an earlier test case\n",
+    stdout_truncated=False,
+    stderr_truncated=False,
+    duration_ms=0,
+    usage=Usage(),
+    passed=None,
+)
+
+
+def same_output(stdout: str, expected: str) -> bool:
+    """Whether `stdout` is `expected`, trailing whitespace of each line and trailing empty
+    lines aside."""
+
+    def lines(text: str) -> list[str]:
+        kept = [line.rstrip() for line in text.split("\n")]
+        while kept and not kept[-1]:
+            kept.pop()
+        return kept
+
+    return lines(stdout) == lines(expected)
+
+
+def _status(language: Language, step: Step, stderr: str) -> str:
+    if step.timed_out:
+        return "timeout"
+    if step.oom or _runtime_out_of_memory(language, step, stderr):
+        return "memory_limit"
+    return "success" if step.exit_code == 0 else "error"
 
 
 def _runtime_out_of_memory(language: Language, run: Step, stderr: str) -> bool:
@@ -324,11 +466,6 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"SIG{number}"
-
-
-def _written(run: Step | None, key: str, kept: bytearray) -> int:
-    """Bytes the program wrote to a stream, as far as we can tell."""
-    return int(getattr(run, key)) if run is not None else len(kept)
 
 
 def default_limits(settings: Settings) -> Limits:

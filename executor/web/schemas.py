@@ -32,11 +32,41 @@ class LimitsSchema(Schema):
     tmpfs_mb = _always(fields.Integer)
 
 
+class UsageSchema(Schema):
+    cpu_ms = _always(fields.Integer, metadata=_doc("CPU time, user + system, with children."))
+    memory_bytes = _always(fields.Integer, metadata=_doc("Peak resident memory."))
+
+
+_USAGE = _doc("Measured by the kernel.")
+
+
 class StepSchema(Schema):
     exit_code = _always(fields.Integer, allow_none=True)
     stdout = _always(fields.String)
     stderr = _always(fields.String)
     duration_ms = _always(fields.Integer)
+    usage = _always(fields.Nested, UsageSchema, metadata=_USAGE)
+
+
+class CaseSchema(Schema):
+    status = _always(fields.String, validate=validate.OneOf(FINISHED[:-1]))
+    exit_code = _always(fields.Integer, allow_none=True)
+    signal = _always(fields.String, allow_none=True)
+    stdout = _always(fields.String)
+    stderr = _always(fields.String)
+    stdout_truncated = _always(fields.Boolean)
+    stderr_truncated = _always(fields.Boolean)
+    duration_ms = _always(fields.Integer)
+    usage = _always(fields.Nested, UsageSchema, metadata=_USAGE)
+    passed = _always(
+        fields.Boolean, allow_none=True, metadata=_doc("Null without an expected_stdout.")
+    )
+
+
+class OutputFileSchema(Schema):
+    path = _always(fields.String, metadata=_doc("Relative to the working directory."))
+    size = _always(fields.Integer)
+    content_base64 = _always(fields.String)
 
 
 _TIME = _doc("ISO 8601, UTC.")
@@ -54,7 +84,23 @@ class ExecutionResultSchema(Schema):
     stderr = _always(fields.String)
     stdout_truncated = _always(fields.Boolean)
     stderr_truncated = _always(fields.Boolean)
-    duration_ms = _always(fields.Integer, metadata=_doc("Wall time of the program itself."))
+    duration_ms = _always(
+        fields.Integer, metadata=_doc("Wall time of the program itself (of all its test cases).")
+    )
+    usage = _always(
+        fields.Nested,
+        UsageSchema,
+        metadata=_doc("Of the program (all test cases: CPU summed, the largest peak)."),
+    )
+    tests = fields.List(
+        fields.Nested(CaseSchema), metadata=_doc("With tests: one result per case, in order.")
+    )
+    passed = fields.Integer(metadata=_doc("With tests: the cases whose stdout was expected."))
+    failed = fields.Integer(metadata=_doc("With tests: the cases whose stdout was not."))
+    files = fields.List(
+        fields.Nested(OutputFileSchema), metadata=_doc("With outputs: the files matched.")
+    )
+    files_truncated = fields.Boolean(metadata=_doc("With outputs: a cap left files out."))
     queued_ms = _always(fields.Integer, metadata=_doc("From submission until a worker began."))
     language = _always(fields.String)
     image = _always(fields.String, metadata=_doc("The image that ran it, with its digest."))
