@@ -163,10 +163,14 @@ class RunResult:
     finished_at: str = ""
     container_id: str = field(default="", repr=False)
     warm: bool = False
+    # The first test case a fresh sandbox may still run: this one ended (its runtime's OOM
+    # kill takes the whole sandbox under gVisor) before the cases from there on could run.
+    resume_at: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("container_id")
+        data.pop("resume_at")
         for key in ("tests", "passed", "failed", "files", "files_truncated"):
             if data[key] is None:
                 del data[key]  # the fields of what the request did not ask for

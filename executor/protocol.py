@@ -98,10 +98,9 @@ class Step:
 
 @dataclass(frozen=True)
 class Final:
-    """The runner's last word: the build step (compiled languages), whether a cap left files
-    out. The runs are the cases' own b"T" frames."""
+    """The runner's last word: whether a cap left files out. The build and the runs are
+    reported by their own frames (b"B", b"T") as each ends."""
 
-    compile: Step | None
     files_truncated: bool
 
 
@@ -152,7 +151,7 @@ _STEP_KEYS = frozenset(
     )
 )
 _USAGE_KEYS = frozenset(("cpu_ms", "memory_bytes"))
-_FINAL_KEYS = frozenset(("compile", "files_truncated"))
+_FINAL_KEYS = frozenset(("files_truncated",))
 
 
 def _count(data: dict[str, Any], key: str, where: str = "") -> int:
@@ -203,9 +202,10 @@ def _json_object(payload: bytes) -> Any:
         raise MalformedResult("not JSON") from None
 
 
-def parse_step(payload: bytes) -> Step:
-    """A case's b"T" frame, strictly: raise MalformedResult for anything but the runner's form."""
-    return _step(_json_object(payload), "result")
+def parse_step(payload: bytes, where: str = "result") -> Step:
+    """A b"T" (or b"B") frame, strictly: raise MalformedResult for anything but the runner's
+    form."""
+    return _step(_json_object(payload), where)
 
 
 def parse_final(payload: bytes) -> Final:
@@ -215,9 +215,7 @@ def parse_final(payload: bytes) -> Final:
         raise MalformedResult(f"not a result object of exactly {sorted(_FINAL_KEYS)}")
     if type(data["files_truncated"]) is not bool:
         raise MalformedResult("files_truncated must be a boolean")
-    raw_compile = data["compile"]
-    build = None if raw_compile is None else _step(raw_compile, "compile")
-    return Final(compile=build, files_truncated=data["files_truncated"])
+    return Final(files_truncated=data["files_truncated"])
 
 
 MAX_FILE_PATH_BYTES = 4096  # PATH_MAX
@@ -271,6 +269,7 @@ class Reply:
         self.docker_buf = bytearray()
         self.frame_buf = bytearray()
         self.build: dict[bytes, bytearray] = {b"o": bytearray(), b"e": bytearray()}
+        self.build_step: Step | None = None  # compiled languages, once the build ended
         self.cases: list[CaseReply] = []
         self.files: list[FileReply] = []
         self.files_bytes = 0
@@ -345,6 +344,8 @@ class Reply:
             self.cases.append(CaseReply())
         elif kind == b"T" and case is not None:
             case.step = parse_step(payload)
+        elif kind == b"B" and self.accepted and self.build_step is None and not self.cases:
+            self.build_step = parse_step(payload, "compile")
         elif kind == b"F" and self.accepted and case is None and self._file_complete():
             self._file(payload)
         elif kind == b"D" and self.files and not self._file_complete():
@@ -354,7 +355,7 @@ class Reply:
             current.data += payload
         elif kind == b"R" and self.accepted and case is None and self._file_complete():
             final = parse_final(payload)
-            ran = final.compile is None or final.compile.exit_code == 0
+            ran = self.build_step is None or self.build_step.exit_code == 0
             if len(self.cases) != (self.expected_cases if ran else 0):
                 raise MalformedResult(f"{len(self.cases)} runs of {self.expected_cases}")
             self.final = final
@@ -364,7 +365,7 @@ class Reply:
     def _may_output(self, kind: bytes, case: CaseReply | None) -> bool:
         """Build output comes before any case; a case's output between its b"c" and b"T"."""
         if kind in self.build:
-            return not self.cases
+            return not self.cases and self.build_step is None
         return case is not None
 
     def _output(self, kind: bytes, payload: bytes, case: CaseReply | None) -> None:

@@ -23,6 +23,7 @@ Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian l
     b"r"         empty; sent once the runner has started and waits for its request
     b"a"         empty; the whole request arrived (before it, nothing of the program has run)
     b"o" / b"e"  the build step's stdout / stderr (compiled languages), before any case
+    b"B"         the build's end: JSON step (as b"T" below); no case runs unless it exited 0
     b"c"         ASCII decimal index of the case that starts: the O/E frames up to its b"T" are
                  its own (a run without test cases is the one case 0)
     b"O" / b"E"  the running case's stdout / stderr (at most max_output bytes each per case)
@@ -32,8 +33,7 @@ Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian l
     b"F"         after the last case: a file back, b"<size> <path>" (path relative to the
                  working directory, UTF-8), its content following in b"D" frames of at
                  most 64 KiB that add up to size (none for an empty file)
-    b"R"         last frame: JSON {"compile": step | null, "files_truncated": bool}; after a
-                 failed build no case runs
+    b"R"         last frame: JSON {"files_truncated": bool}
 
 Usage is the kernel's: the CPU time (user + system) of every process of the step, reaped by
 wait4 (the program and whatever it left behind, killed and reaped before the step's b"T"), and
@@ -814,14 +814,16 @@ def main():
         _write_file(source, request["code"][0])
     limit = int(number("max_output"))
     nproc = int(number("nproc", 0))
-    result = {"compile": None, "files_truncated": False}
+    result = {"files_truncated": False}
+    built = True
     if build:
         build_started = time.monotonic()
         timeout = number("compile_timeout", 30.0)
         step = _run_step(argv("compile"), None, None, timeout, (b"o", b"e"), limit, uid, nproc, env)
-        result["compile"] = step
+        _send(b"B", _json(step).encode())
+        built = step["exit_code"] == 0
         received += time.monotonic() - build_started  # the build had its own time limit
-    if result["compile"] is None or result["compile"]["exit_code"] == 0:
+    if built:
         inline = source if request.get("inline", [b"0"])[0] == b"1" else None
         budget = max(0.0, number("timeout") - (time.monotonic() - received))
         for index, (stdin, args) in enumerate(_cases(request)):

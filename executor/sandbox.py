@@ -262,7 +262,7 @@ class Sandbox:
     ) -> RunResult:
         language = container.language
         final = reply.final
-        build = final.compile if final is not None else None
+        build = reply.build_step
         compile_step = None
         if build is not None:
             compile_step = StepResult(
@@ -273,7 +273,9 @@ class Sandbox:
                 usage=Usage(build.usage.cpu_ms, build.usage.memory_bytes),
             )
         built = build is None or build.exit_code == 0
-        runs = self._runs(container, request, reply, killed, measured_ms) if built else []
+        runs, resume_at = (
+            self._runs(container, request, reply, killed, measured_ms) if built else ([], None)
+        )
         result = RunResult(
             status="compile_error",
             exit_code=None,
@@ -290,23 +292,8 @@ class Sandbox:
             started_at=started_at,
             container_id=container.id,
         )
-        if runs:
-            # The first run that did not succeed speaks for them all, else the last one.
-            first = next((run for run in runs if run.status != "success"), runs[-1])
-            result.status = first.status
-            result.exit_code, result.signal = first.exit_code, first.signal
-            result.stdout, result.stderr = first.stdout, first.stderr
-            result.stdout_truncated = first.stdout_truncated
-            result.stderr_truncated = first.stderr_truncated
-            result.duration_ms = sum(run.duration_ms for run in runs)
-            result.usage = Usage(
-                cpu_ms=sum(run.usage.cpu_ms for run in runs),
-                memory_bytes=max(run.usage.memory_bytes for run in runs),
-            )
-        if request.tests:
-            result.tests = runs
-            result.passed = sum(run.passed is True for run in runs)
-            result.failed = sum(run.passed is False for run in runs)
+        summarize(result, runs, bool(request.tests))
+        result.resume_at = resume_at
         if request.outputs:
             complete = [f for f in reply.files if len(f.data) == f.size]
             result.files = [
@@ -324,14 +311,16 @@ class Sandbox:
         reply: Reply,
         killed: bool,
         measured_ms: int,
-    ) -> list[CaseResult]:
+    ) -> tuple[list[CaseResult], int | None]:
         """One result per run (each test case, or the one run): reported, cut short by the
-        end of the sandbox, or never started because of it."""
+        end of the sandbox, or never started because of it; and the first case that a fresh
+        sandbox may still run (see `resume_at`)."""
         language = container.language
         cap = self.settings.max_output_bytes
         cases = request.tests or (TestCase(),)
         runs: list[CaseResult] = []
         ended = False  # the sandbox ended in a run: the runs after it never started
+        resume_at = None
         for index, case in enumerate(cases):
             got = reply.cases[index] if index < len(reply.cases) else None
             if got is not None and got.step is not None:
@@ -353,12 +342,14 @@ class Sandbox:
                 spent = sum(r.duration_ms for r in runs)
                 run = self._cut_short(container, request, reply, got, killed, measured_ms - spent)
                 ended = True
+                if run.status == "memory_limit" and index + 1 < len(cases):
+                    resume_at = index + 1
             else:
                 run = _NOT_RUN
             if case.expected_stdout is not None:
                 run = replace(run, passed=same_output(run.stdout, case.expected_stdout))
             runs.append(run)
-        return runs
+        return runs, resume_at
 
     def _cut_short(
         self,
@@ -429,6 +420,47 @@ _NOT_RUN = CaseResult(
     usage=Usage(),
     passed=None,
 )
+
+
+def summarize(result: RunResult, runs: list[CaseResult], tests: bool) -> None:
+    """Set the top-level fields of `result` from its runs (none after a failed build)."""
+    if runs:
+        # The first run that did not succeed speaks for them all, else the last one.
+        first = next((run for run in runs if run.status != "success"), runs[-1])
+        result.status = first.status
+        result.exit_code, result.signal = first.exit_code, first.signal
+        result.stdout, result.stderr = first.stdout, first.stderr
+        result.stdout_truncated = first.stdout_truncated
+        result.stderr_truncated = first.stderr_truncated
+        result.duration_ms = sum(run.duration_ms for run in runs)
+        result.usage = Usage(
+            cpu_ms=sum(run.usage.cpu_ms for run in runs),
+            memory_bytes=max(run.usage.memory_bytes for run in runs),
+        )
+    if tests:
+        result.tests = runs
+        result.passed = sum(run.passed is True for run in runs)
+        result.failed = sum(run.passed is False for run in runs)
+
+
+def resumed(first: RunResult, rest: RunResult) -> RunResult:
+    """`first`, whose sandbox ended at case `first.resume_at`, with the cases from there on
+    as a fresh sandbox ran them (`rest`): its runs, its files, its end."""
+    at = first.resume_at
+    if at is None or first.tests is None:
+        return first
+    if rest.tests is None or len(rest.tests) != len(first.tests) - at:
+        return replace(first, resume_at=None)  # the rebuild failed: the rest stays not run
+    merged = replace(
+        first,
+        files=rest.files,
+        files_truncated=rest.files_truncated,
+        finished_at=rest.finished_at,
+        container_id=rest.container_id,
+        resume_at=None if rest.resume_at is None else at + rest.resume_at,
+    )
+    summarize(merged, [*first.tests[:at], *rest.tests], True)
+    return merged
 
 
 def same_output(stdout: str, expected: str) -> bool:

@@ -19,7 +19,7 @@ STEP = {
     "stderr_bytes": 0,
     "usage": {"cpu_ms": 5, "memory_bytes": 9000000},
 }
-FINAL = json.dumps({"compile": None, "files_truncated": False}).encode()
+FINAL = json.dumps({"files_truncated": False}).encode()
 
 
 def result(**changes: object) -> bytes:
@@ -51,11 +51,8 @@ def test_the_runners_own_result_is_read():
     step = parse_step(result())
     assert (step.exit_code, step.duration_ms, step.usage.cpu_ms) == (0, 12, 5)
     assert step.usage.memory_bytes == 9000000
-    final = parse_final(FINAL)
-    assert final.compile is None and not final.files_truncated
-    build = {**STEP, "exit_code": 1, "stdout_bytes": 0}
-    failed = parse_final(json.dumps({"compile": build, "files_truncated": True}).encode())
-    assert failed.compile is not None and failed.compile.exit_code == 1 and failed.files_truncated
+    assert not parse_final(FINAL).files_truncated
+    assert parse_final(json.dumps({"files_truncated": True}).encode()).files_truncated
 
 
 @pytest.mark.parametrize(
@@ -111,12 +108,11 @@ def test_a_malformed_step_is_refused_not_raised(payload):
 @pytest.mark.parametrize(
     "payload",
     [
-        json.dumps({"compile": None}).encode(),
-        json.dumps({"compile": None, "files_truncated": 0}).encode(),
-        json.dumps({"compile": None, "files_truncated": False, **STEP}).encode(),
-        json.dumps({"compile": "x", "files_truncated": False}).encode(),
-        json.dumps({"compile": {**STEP, "usage": {}}, "files_truncated": False}).encode(),
-        b'{"compile": null, "compile": null, "files_truncated": false}',
+        json.dumps({}).encode(),
+        json.dumps({"files_truncated": 0}).encode(),
+        json.dumps({"files_truncated": False, **STEP}).encode(),
+        json.dumps({"compile": None, "files_truncated": False}).encode(),
+        b'{"files_truncated": false, "files_truncated": false}',
         result(),
         b"null",
     ],
@@ -161,11 +157,19 @@ def test_cases_out_of_order_break_the_reply(frames):
 def test_a_result_needs_every_case_unless_the_build_failed():
     short = reply_of(frame(b"r"), frame(b"a"), frame(b"R", FINAL))
     assert short.broken and "0 runs of 1" in short.broken
-    build = json.dumps({"compile": {**STEP, "exit_code": 1}, "files_truncated": False}).encode()
-    failed = reply_of(frame(b"r"), frame(b"a"), frame(b"o", b"x"), frame(b"R", build))
+    build = frame(b"B", result(exit_code=1))
+    failed = reply_of(frame(b"r"), frame(b"a"), frame(b"o", b"x"), build, frame(b"R", FINAL))
     assert failed.final is not None and not failed.broken and failed.cases == []
-    ran_anyway = reply_of(frame(b"r"), frame(b"a"), run(), frame(b"R", build))
+    assert failed.build_step is not None and failed.build_step.exit_code == 1
+    ran_anyway = reply_of(frame(b"r"), frame(b"a"), build, run(), frame(b"R", FINAL))
     assert ran_anyway.broken
+    built = reply_of(frame(b"r"), frame(b"a"), frame(b"B", result()), run(), frame(b"R", FINAL))
+    assert built.final is not None and not built.broken
+    assert reply_of(frame(b"r"), frame(b"a"), run(), frame(b"B", result())).broken  # too late
+    twice = reply_of(frame(b"r"), frame(b"a"), frame(b"B", result()), frame(b"B", result()))
+    assert twice.broken
+    late_output = reply_of(frame(b"r"), frame(b"a"), frame(b"B", result()), frame(b"o", b"x"))
+    assert late_output.broken
 
 
 def files_reply(*frames: bytes, max_files: int = 2, max_bytes: int = 100) -> Reply:
