@@ -8,8 +8,9 @@
 then throughput at several concurrencies (e against b), the memory of one idle pooled
 container, and the ratios the targets are stated in. First, a row per language (bench/languages.py):
 its naive path against our warm POST /execute, the service's own overhead, and the memory of an
-idle warm container of it. `--only python` or `--only languages` runs one part, `--only baseline`
-just the side-by-side comparison with `--baseline DIR`.
+idle warm container of it. Then 50 test cases of a C program in one request against 50 separate
+requests (bench/cases.py). `--only python`, `--only languages` or `--only tests` runs one
+part, `--only baseline` just the side-by-side comparison with `--baseline DIR`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 
 import docker
 
+from bench.cases import cases_table
 from bench.languages import language_table
 from bench.naive import BENCH_LABEL, naive_run
 from bench.stack import running_stack
@@ -226,9 +228,12 @@ def main() -> int:
     parser.add_argument("--lang-n", type=int, default=10, help="runs per path per language")
     parser.add_argument(
         "--only",
-        choices=["all", "python", "languages", "baseline"],
+        choices=["all", "python", "languages", "tests", "baseline"],
         default="all",
         help="which part to run (baseline: only the --baseline comparison)",
+    )
+    parser.add_argument(
+        "--c-image", help="the C image for the test-case rows (approved in EXECUTOR_IMAGES)"
     )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -251,7 +256,10 @@ def main() -> int:
                 settings, docker_host=stack.docker_host, proxy_token=stack.proxy_token
             )
             language_table(stack.api, args.upstream, settings, through_proxy, args.lang_n)
-    if args.only == "languages":
+    if args.only in ("all", "tests"):
+        with running_stack(args.redis, args.upstream, pool_size=4, concurrency=8) as stack:
+            cases_table(stack.api, args.c_image)
+    if args.only in ("languages", "tests"):
         return 0
     if args.only == "baseline":
         if not args.baseline:
