@@ -294,6 +294,16 @@ class Sandbox:
         )
         summarize(result, runs, bool(request.tests))
         result.resume_at = resume_at
+        reported = len(reply.cases) == len(runs) and all(c.step for c in reply.cases)
+        if runs and reported and final is None:
+            # Every run reported, then the sandbox failed its protocol or its deadline: the
+            # runs stand, the execution did not end well.
+            reason = reply.broken or (
+                "the sandbox passed its deadline" if killed else "the sandbox ended early"
+            )
+            log.warning("container %s: %s after its last run", container.id[:12], reason)
+            result.status = "error"
+            result.stderr += f"\n[executor] {reason} after the program's last run\n"
         if request.outputs:
             complete = [f for f in reply.files if len(f.data) == f.size]
             result.files = [
