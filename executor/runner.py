@@ -222,15 +222,17 @@ def _program_uid(argv):
 
 
 class _AsUser:
-    """Create files and pipes owned by `uid`: the runner's effective ids, for the block only.
+    """Act as `uid` for the block only: the runner's effective ids (no supplementary group),
+    so what it creates is the program's and what it opens, only what the program could.
 
-    Only used before any program runs, so no process of that uid exists meanwhile.
+    Only used while no process of that uid exists (see _clear).
     """
 
     def __init__(self, uid):
         self.uid = uid
 
     def __enter__(self):
+        os.setgroups([])  # root's group would still open what the program's cannot
         os.setegid(self.uid)
         os.seteuid(self.uid)
 
