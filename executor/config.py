@@ -144,6 +144,9 @@ class Settings:
     # Test cases: their stdin, args and expected stdout together (each stdin alone is bounded
     # by EXECUTOR_MAX_STDIN_BYTES).
     max_tests_bytes: int = _setting("EXECUTOR_MAX_TESTS_BYTES", 8 * MIB, _int(0))
+    # What is kept of all test cases' stdout and stderr together (each stream of each case is
+    # also capped by EXECUTOR_MAX_OUTPUT_BYTES).
+    max_tests_output_bytes: int = _setting("EXECUTOR_MAX_TESTS_OUTPUT_BYTES", 8 * MIB, _int(0))
     # Files back (`outputs`): how many, and their contents together.
     max_output_files: int = _setting("EXECUTOR_MAX_OUTPUT_FILES", 16, _int(0))
     max_output_files_bytes: int = _setting("EXECUTOR_MAX_OUTPUT_FILES_BYTES", 4 * MIB, _int(0))

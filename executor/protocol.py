@@ -35,13 +35,18 @@ OUTPUT_KINDS = (b"O", b"E", b"o", b"e")  # program stdout, stderr; build stdout,
 
 
 def encode_request(
-    request: RunRequest, language: Language, max_output: int, files_caps: tuple[int, int] = (0, 0)
+    request: RunRequest,
+    language: Language,
+    max_output: int,
+    files_caps: tuple[int, int] = (0, 0),
+    tests_output: int = 0,
 ) -> bytes:
     """The runner's request: b"<length>\\n" then fields b"<name> <length>\\n<raw value>".
 
     The language's command and environment templates are filled in here (see
     executor.languages): the runner only runs what it is given. `files_caps` is
-    (max_files, max_files_bytes) of the files back.
+    (max_files, max_files_bytes) of the files back, `tests_output` what the test cases'
+    output may come to together.
     """
     program = steps(language, request.code, request.limits.memory_mb)
     fields: list[tuple[str, str | bytes]] = [
@@ -63,6 +68,8 @@ def encode_request(
     for case in request.tests:
         args = request.args if case.args is None else case.args
         fields += [("case", case.stdin), ("case_args", "".join(f"{a}\0" for a in args))]
+    if request.tests:
+        fields += [("max_total_output", str(tests_output))]
     if request.outputs:
         fields += [("output", pattern) for pattern in request.outputs]
         fields += [("max_files", str(files_caps[0])), ("max_files_bytes", str(files_caps[1]))]
@@ -245,7 +252,8 @@ class Reply:
 
     `ready` once the runner waits for its request, `accepted` once it has read it whole,
     `final` once it reported; `broken` names the first violation of the protocol. `cases` is
-    how many runs the request asked for (its test cases, or 1); `max_files` and
+    how many runs the request asked for (its test cases, or 1), `cases_output` what is kept of
+    all their output together (None: each run's streams up to the cap); `max_files` and
     `max_files_bytes` bound the files back.
     """
 
@@ -255,16 +263,19 @@ class Reply:
         *,
         ready: bool = False,
         cases: int = 1,
+        cases_output: int | None = None,
         max_files: int = 0,
         max_files_bytes: int = 0,
     ) -> None:
         self.cap = cap
         self.expected_cases = cases
+        self.cases_output_left = 2 * cap * cases if cases_output is None else cases_output
         self.max_files = max_files
         self.max_files_bytes = max_files_bytes
-        # More than this from one runner is a broken runner: every stream of every step at
-        # its cap, the files, and the framing of it all (at most 13 bytes per 64 KiB frame).
-        self.budget = 4 * (cap * (cases + 1) + max_files_bytes) + (1 << 20)
+        # More than this from one runner is a broken runner: the build's streams at their cap,
+        # the runs' output, the files, and the framing of it all (at most 13 bytes per 64 KiB
+        # frame).
+        self.budget = 2 * (2 * cap + self.cases_output_left + max_files_bytes) + (1 << 20)
         self.raw = 0
         self.docker_buf = bytearray()
         self.frame_buf = bytearray()
@@ -371,9 +382,14 @@ class Reply:
     def _output(self, kind: bytes, payload: bytes, case: CaseReply | None) -> None:
         """Every chunk of output passes here, in the order the program wrote it: the build's
         (case None) and each case's; kept up to the cap."""
-        kept = self.build[kind] if case is None else case.streams[kind]
-        if len(kept) < self.cap:
-            kept += payload[: self.cap - len(kept)]
+        if case is None:
+            kept = self.build[kind]
+            kept += payload[: max(0, self.cap - len(kept))]
+            return
+        kept = case.streams[kind]
+        room = max(0, min(self.cap - len(kept), self.cases_output_left))
+        kept += payload[:room]
+        self.cases_output_left -= min(room, len(payload))
 
     def _file_complete(self) -> bool:
         return not self.files or len(self.files[-1].data) == self.files[-1].size

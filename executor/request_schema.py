@@ -172,7 +172,7 @@ class TestCaseSchema(Schema):
 def test_case_schema(settings: Settings) -> type[TestCaseSchema]:
     s = settings
 
-    class BoundTestCaseSchema(TestCaseSchema):
+    class TestCaseInputSchema(TestCaseSchema):
         stdin = fields.String(
             load_default="",
             validate=Utf8Length(max=s.max_stdin_bytes),
@@ -193,7 +193,7 @@ def test_case_schema(settings: Settings) -> type[TestCaseSchema]:
             ),
         )
 
-    return BoundTestCaseSchema
+    return TestCaseInputSchema
 
 
 def _case_bytes(item: Any) -> int:

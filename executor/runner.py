@@ -11,6 +11,7 @@ processes and threads, RLIMIT_NPROC of its uid), and the repeatable arg, run, co
 items), env (b"NAME=value", set for every step; optional) and path/content (one pair per extra
 file). Test cases (optional, repeatable, in pairs): case (that case's stdin) and case_args (its
 argv items, each ended by a NUL byte); without them the program runs once, on stdin and arg.
+max_total_output (optional, decimal) bounds the output of all cases together, per reply.
 Files back (optional): the repeatable output (a glob pattern relative to the working
 directory), max_files and max_files_bytes (decimal). Values are raw UTF-8: nothing is escaped.
 The run's timeout counts from the end of the build: the build has its own, compile_timeout;
@@ -26,7 +27,8 @@ Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian l
     b"B"         the build's end: JSON step (as b"T" below); no case runs unless it exited 0
     b"c"         ASCII decimal index of the case that starts: the O/E frames up to its b"T" are
                  its own (a run without test cases is the one case 0)
-    b"O" / b"E"  the running case's stdout / stderr (at most max_output bytes each per case)
+    b"O" / b"E"  the running case's stdout / stderr (at most max_output bytes each per case,
+                 and max_total_output of all cases' together)
     b"T"         the case's end: JSON step {"exit_code", "signal", "timed_out", "oom",
                  "duration_ms", "stdout_bytes", "stderr_bytes", "usage": {"cpu_ms",
                  "memory_bytes"}}
@@ -266,16 +268,25 @@ def _stdin_fd(data):
 
 
 class _Stream:
-    def __init__(self, kind, limit):
+    """One output stream of a step: sends up to `limit` bytes, and no more than is left of
+    `shared` (a one-item list: what all the cases may still send together), if given."""
+
+    def __init__(self, kind, limit, shared=None):
         self.kind = kind
         self.limit = limit
+        self.shared = shared
         self.total = 0
 
     def feed(self, data):
         keep = self.limit - self.total
+        if self.shared is not None:
+            keep = min(keep, self.shared[0])
         self.total += len(data)
         if keep > 0:
-            _send(self.kind, data[:keep])
+            chunk = data[:keep]
+            if self.shared is not None:
+                self.shared[0] -= len(chunk)
+            _send(self.kind, chunk)
 
 
 def _limit_processes(nproc):
@@ -600,14 +611,14 @@ def _kill_group(pid):
             pass
 
 
-def _run_step(argv, stdin, inline_path, timeout, kinds, limit, uid, nproc, env):
+def _run_step(argv, stdin, inline_path, timeout, kinds, limit, uid, nproc, env, shared=None):
     """Run one step (the build: stdin None; a case) and clear up after it; its step dict."""
     if not _clear():
         raise Unsettled
     with _AsUser(uid):  # nothing of the program runs: see _clear
         stdin_fd = os.open(os.devnull, os.O_RDONLY) if stdin is None else _stdin_fd(stdin)
         pipes = (os.pipe(), os.pipe())
-    streams = [_Stream(kinds[0], limit), _Stream(kinds[1], limit)]
+    streams = [_Stream(kinds[0], limit, shared), _Stream(kinds[1], limit, shared)]
     usage = _Usage()
     oom_before = _oom_kills()
     started = time.monotonic()
@@ -828,10 +839,14 @@ def main():
     if built:
         inline = source if request.get("inline", [b"0"])[0] == b"1" else None
         budget = max(0.0, number("timeout") - (time.monotonic() - received))
+        total = number("max_total_output")
+        shared = None if total is None else [int(total)]
         for index, (stdin, args) in enumerate(_cases(request)):
             command = args if inline else [*argv("run"), *args]
             _send(b"c", b"%d" % index)
-            step = _run_step(command, stdin, inline, budget, (b"O", b"E"), limit, uid, nproc, env)
+            step = _run_step(
+                command, stdin, inline, budget, (b"O", b"E"), limit, uid, nproc, env, shared
+            )
             _send(b"T", _json(step).encode())
             budget = number("timeout")  # each case has the whole timeout to itself
     patterns = request.get("output")

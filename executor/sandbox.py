@@ -201,12 +201,14 @@ class Sandbox:
         limits = request.limits
         settings = self.settings
         caps = (settings.max_output_files, settings.max_output_files_bytes)
-        payload = encode_request(request, language, settings.max_output_bytes, caps)
+        tests_output = settings.max_tests_output_bytes
+        payload = encode_request(request, language, settings.max_output_bytes, caps, tests_output)
         runs = max(1, len(request.tests))
         reply = Reply(
             settings.max_output_bytes,
             ready=container.ready,
             cases=runs,
+            cases_output=tests_output if request.tests else None,
             max_files=caps[0] if request.outputs else 0,
             max_files_bytes=caps[1] if request.outputs else 0,
         )
@@ -326,7 +328,6 @@ class Sandbox:
         end of the sandbox, or never started because of it; and the first case that a fresh
         sandbox may still run (see `resume_at`)."""
         language = container.language
-        cap = self.settings.max_output_bytes
         cases = request.tests or (TestCase(),)
         runs: list[CaseResult] = []
         ended = False  # the sandbox ended in a run: the runs after it never started
@@ -342,8 +343,8 @@ class Sandbox:
                     signal=step.signal,
                     stdout=stdout,
                     stderr=stderr,
-                    stdout_truncated=step.stdout_bytes > cap,
-                    stderr_truncated=step.stderr_bytes > cap,
+                    stdout_truncated=step.stdout_bytes > len(got.streams[b"O"]),
+                    stderr_truncated=step.stderr_bytes > len(got.streams[b"E"]),
                     duration_ms=step.duration_ms,
                     usage=Usage(step.usage.cpu_ms, step.usage.memory_bytes),
                     passed=None,

@@ -48,7 +48,7 @@ class StepSchema(Schema):
     usage = _always(fields.Nested, UsageSchema, metadata=_USAGE)
 
 
-class CaseSchema(Schema):
+class TestCaseResultSchema(Schema):
     status = _always(fields.String, validate=validate.OneOf(FINISHED[:-1]))
     exit_code = _always(fields.Integer, allow_none=True)
     signal = _always(fields.String, allow_none=True)
@@ -93,7 +93,8 @@ class ExecutionResultSchema(Schema):
         metadata=_doc("Of the program (all test cases: CPU summed, the largest peak)."),
     )
     tests = fields.List(
-        fields.Nested(CaseSchema), metadata=_doc("With tests: one result per case, in order.")
+        fields.Nested(TestCaseResultSchema),
+        metadata=_doc("With tests: one result per case, in order."),
     )
     passed = fields.Integer(metadata=_doc("With tests: the cases whose stdout was expected."))
     failed = fields.Integer(metadata=_doc("With tests: the cases whose stdout was not."))

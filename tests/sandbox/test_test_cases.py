@@ -6,10 +6,15 @@ Hostile: `make test` runs them under gVisor too.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from executor.models import TestCase
-from tests.conftest import language_image
+from executor.models import RunRequest, TestCase
+from executor.policy import LABEL_WORKER
+from executor.sandbox import default_limits
+from executor.service import ExecutionService
+from tests.conftest import language_image, wait_gone
 
 pytestmark = [pytest.mark.docker, pytest.mark.hostile]
 
@@ -132,3 +137,22 @@ def test_nothing_a_case_left_running_is_there_for_the_next(run):
     assert [t.status for t in r.tests] == ["success", "success"], r.tests
     # No process of the first case is left; its files are (the cases share the directory).
     assert r.tests[1].stdout == "[] True\n"
+
+
+def test_the_cases_output_is_bounded_together(settings, raw_docker):
+    svc = ExecutionService(
+        replace(settings, max_output_bytes=65536, max_tests_output_bytes=100_000)
+    )
+    try:
+        code = "import sys\nsys.stdout.write('x' * 40000)\nsys.stderr.write('e')"
+        request = RunRequest(
+            code=code, limits=default_limits(svc.settings), tests=(TestCase(),) * 3
+        )
+        r = svc.run(request, "33333333-3333-4333-8333-333333333333")
+    finally:
+        svc.stop()
+    assert [t.status for t in r.tests] == ["success"] * 3
+    kept = [len(t.stdout) + len(t.stderr) for t in r.tests]
+    assert kept[:2] == [40001, 40001] and kept[2] == 100_000 - 80002
+    assert [t.stdout_truncated for t in r.tests] == [False, False, True]
+    assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []

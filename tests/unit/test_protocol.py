@@ -273,3 +273,12 @@ def test_a_ready_frame_split_across_reads_is_read():
     for i in range(len(data)):
         reply.feed(data[i : i + 1])
     assert reply.final is not None and bytes(reply.cases[0].streams[b"O"]) == b"hello"
+
+
+def test_the_cases_output_is_kept_within_its_total():
+    reply = Reply(100, cases=3, cases_output=150)
+    data = frame(b"r") + frame(b"a")
+    data += b"".join(run(frame(b"O", b"x" * 80), index=i) for i in range(3))
+    reply.feed(docker(data + frame(b"R", FINAL)))
+    assert reply.final is not None and not reply.broken
+    assert [len(c.streams[b"O"]) for c in reply.cases] == [80, 70, 0]
