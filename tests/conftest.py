@@ -36,8 +36,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # (setdefault: this module may be imported twice, as conftest and as tests.conftest.)
 PROXY_TOKEN = os.environ.setdefault("EXECUTOR_PROXY_TOKEN", secrets.token_urlsafe(24))
 # The operator-approved example image (built by `make images`), for the session's proxy, workers
-# and APIs alike, as an operator would set it for all of them.
-APPROVED_IMAGE = "executor-python-data:3.11"
+# and APIs alike, as an operator would set it for all of them (the branch's own, see below).
+APPROVED_IMAGE = f"executor-python-data:{os.environ.get('EXECUTOR_TEST_IMAGE_TAG') or '3.11'}"
 # An approved image no engine has (a worker with it as a language's image does not serve it).
 MISSING_IMAGE = "executor-python:absent"
 # A branch's own language images, built beside the shared ones with

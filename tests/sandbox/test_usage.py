@@ -48,11 +48,13 @@ def test_what_a_program_leaves_running_counts_too(run):
     code = (
         "import subprocess, sys, time\n"
         "subprocess.Popen([sys.executable, '-c', 'while True: pass'], start_new_session=True)\n"
-        "time.sleep(1.5)\n"
+        "time.sleep(2)\n"
     )
     r = run(code, timeout=10)
     assert r.status == "success", r.stderr
-    assert r.usage.cpu_ms >= 300
+    # Most of the half CPU over those 2 s, on a loaded machine at least a fraction; the
+    # program's own share (a forked interpreter that sleeps) is a few ms.
+    assert r.usage.cpu_ms >= 150
 
 
 def test_an_idle_program_uses_little(run):
