@@ -20,9 +20,14 @@ def test_a_second_of_cpu_under_half_a_cpu_takes_two_of_wall_time(run):
     r = run(BUSY_SECOND, cpus=0.5, timeout=20)
     assert r.status == "success", r.stderr
     assert 950 <= r.usage.cpu_ms <= 1500
-    # Half a CPU: the second of CPU is spread over about two of wall time (the quota's period
-    # is 100 ms, so a little less is possible; the machine's load only makes it longer).
-    assert r.duration_ms >= 1700
+    if run.settings.runtime == "runsc":
+        # gVisor's kernel keeps its own CPU clock, which the program's loop reads too: it runs
+        # on while the host throttles the sandbox, so its second ends sooner than the host's.
+        assert r.duration_ms >= 1000
+    else:
+        # Half a CPU: the second of CPU is spread over about two of wall time (the quota's
+        # period is 100 ms, so a little less is possible; the machine's load makes it longer).
+        assert r.duration_ms >= 1700
 
 
 def test_a_200_mb_allocation_peaks_above_200_mb(run):
