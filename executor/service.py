@@ -19,7 +19,8 @@ from executor.languages import languages
 from executor.models import Language, RunRequest, RunResult
 from executor.pool import Profile, WarmPool
 from executor.reaper import Reaper
-from executor.sandbox import Container, Events, Sandbox, resumed
+from executor.results import resumed
+from executor.sandbox import Container, Events, Sandbox
 
 log = logging.getLogger(__name__)
 

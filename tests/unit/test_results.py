@@ -17,7 +17,8 @@ from executor.engine import Engine
 from executor.languages import languages
 from executor.models import RunRequest, TestCase
 from executor.protocol import Reply
-from executor.sandbox import Container, Sandbox, default_limits, resumed, same_output
+from executor.results import resumed, same_output
+from executor.sandbox import Container, Sandbox, default_limits
 
 SETTINGS = Settings.from_env({"HOSTNAME": "unit"})
 PYTHON = languages(SETTINGS)["python"]
