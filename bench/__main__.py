@@ -8,11 +8,12 @@
 then throughput at several concurrencies (e against b), the memory of one idle pooled
 container, and the ratios the targets are stated in. First, a row per language (bench/languages.py):
 its naive path against our warm POST /execute, the service's own overhead, and the memory of an
-idle warm container of it. Last, live output (bench/live_output.py): the latency from a print to
-an SSE client. `--only python` or `--only languages` runs one part, `--only baseline` just the
-side-by-side comparison with `--baseline DIR`, `--only live` live output with concurrent streams
-(`--streams`), `--only history` GET /executions over 10^5 and 10^6 synthetic records in a Redis
-of its own (bench/history.py; `--history-sizes`).
+idle warm container of it. Then 50 test cases of a C program in one request against 50 separate
+requests (bench/cases.py). Last, live output (bench/live_output.py): the latency from a print to
+an SSE client. `--only python`, `--only languages` or `--only tests` runs one part, `--only
+baseline` just the side-by-side comparison with `--baseline DIR`, `--only live` live output with
+concurrent streams (`--streams`), `--only history` GET /executions over 10^5 and 10^6 synthetic
+records in a Redis of its own (bench/history.py; `--history-sizes`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit
 
 import docker
 
+from bench.cases import cases_table
 from bench.history import run as history_bench
 from bench.languages import language_table
 from bench.naive import BENCH_LABEL, naive_run
@@ -238,7 +240,7 @@ def main() -> int:
     parser.add_argument("--lang-n", type=int, default=10, help="runs per path per language")
     parser.add_argument(
         "--only",
-        choices=["all", "python", "languages", "baseline", "history", "live"],
+        choices=["all", "python", "languages", "tests", "baseline", "history", "live"],
         default="all",
         help="which part to run (baseline: only the --baseline comparison)",
     )
@@ -247,6 +249,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--streams", default="100,1000", help="concurrent live-output streams (--only live)"
+    )
+    parser.add_argument(
+        "--c-image", help="the C image for the test-case rows (approved in EXECUTOR_IMAGES)"
     )
     args = parser.parse_args()
     if args.only == "history":
@@ -272,7 +277,10 @@ def main() -> int:
                 settings, docker_host=stack.docker_host, proxy_token=stack.proxy_token
             )
             language_table(stack.api, args.upstream, settings, through_proxy, args.lang_n)
-    if args.only == "languages":
+    if args.only in ("all", "tests"):
+        with running_stack(args.redis, args.upstream, pool_size=4, concurrency=8) as stack:
+            cases_table(stack.api, args.c_image)
+    if args.only in ("languages", "tests"):
         return 0
     if args.only == "live":
         live_output(args, [int(x) for x in args.streams.split(",") if x])

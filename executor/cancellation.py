@@ -40,6 +40,7 @@ def cancelled_before_start(
         "stdout_truncated": False,
         "stderr_truncated": False,
         "duration_ms": 0,
+        "usage": {"cpu_ms": 0, "memory_bytes": 0},
         "queued_ms": max(0, round((now - created) * 1000)),
         "language": language or None,
         "image": None,

@@ -25,6 +25,7 @@ from typing import Any
 
 from celery import Celery
 
+from executor.budget import MAX_TESTS, RUN_OVERHEAD_S, extra_seconds
 from executor.config import Settings
 from executor.languages import MAX_COMPILE_TIMEOUT_S
 from executor.names import QUEUE, TASK_NAME
@@ -43,9 +44,13 @@ class TimeLimits:
         # A run may need a few Docker calls (create, start, attach, remove) beside the program.
         # A compiled language's build has its own time beyond these limits (the backstop starts
         # its clock after it); Redis must not re-deliver meanwhile.
+        # Test cases run one after another, each with the whole timeout: the backstop's clock
+        # starts after them as after a build; the broker waits for the most a request may ask.
         soft = settings.max_timeout + 2 * settings.docker_timeout
         hard = soft + settings.docker_timeout
-        return cls(soft_s=soft, hard_s=hard, visibility_s=hard + MAX_COMPILE_TIMEOUT_S + 60.0)
+        cases = extra_seconds(settings.max_timeout, MAX_TESTS) + RUN_OVERHEAD_S
+        visibility = hard + MAX_COMPILE_TIMEOUT_S + cases + 60.0
+        return cls(soft_s=soft, hard_s=hard, visibility_s=visibility)
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

@@ -174,6 +174,15 @@ class Settings:
     max_memory_mb: int = _setting("EXECUTOR_MAX_MEMORY_MB", 512, _int(16))
     max_cpus: float = _setting("EXECUTOR_MAX_CPUS", 0.5, _float(0.05))
     max_output_bytes: int = _setting("EXECUTOR_MAX_OUTPUT_BYTES", MIB, _int(1))
+    # Test cases: their stdin, args and expected stdout together (each stdin alone is bounded
+    # by EXECUTOR_MAX_STDIN_BYTES).
+    max_tests_bytes: int = _setting("EXECUTOR_MAX_TESTS_BYTES", 8 * MIB, _int(0))
+    # What is kept of all test cases' stdout and stderr together (each stream of each case is
+    # also capped by EXECUTOR_MAX_OUTPUT_BYTES).
+    max_tests_output_bytes: int = _setting("EXECUTOR_MAX_TESTS_OUTPUT_BYTES", 8 * MIB, _int(0))
+    # Files back (`outputs`): how many, and their contents together.
+    max_output_files: int = _setting("EXECUTOR_MAX_OUTPUT_FILES", 16, _int(0))
+    max_output_files_bytes: int = _setting("EXECUTOR_MAX_OUTPUT_FILES_BYTES", 4 * MIB, _int(0))
     default_timeout: float = _setting("EXECUTOR_DEFAULT_TIMEOUT", 10.0, _float(0.001))
     default_memory_mb: int = _setting("EXECUTOR_DEFAULT_MEMORY_MB", 512, _int(16))
     default_cpus: float = _setting("EXECUTOR_DEFAULT_CPUS", 0.5, _float(0.05))

@@ -44,6 +44,8 @@ from executor.names import HISTORY, HISTORY_BY, HISTORY_FIELDS, RECORD
 
 # What a history item leaves out of a result: the captured output (GET /executions/{id} has it).
 HIDDEN = ("stdout", "stderr", "files")
+STEPS_WITH_OUTPUT = ("compile", "tests")  # a result's parts that carry output of their own
+STEP_OUTPUT = ("stdout", "stderr")
 BUDGET = 5000  # index entries one page may look at
 CHUNK = 200  # entries a walk with several filters fetches first (doubling after)
 PENDING = ("queued", "running")
@@ -117,8 +119,20 @@ return out
 
 
 def item(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """A finished execution's history item: its result without HIDDEN."""
-    return {k: v for k, v in payload.items() if k not in HIDDEN}
+    """A finished execution's history item: its result without HIDDEN, and its build's and
+    test cases' output left out as well."""
+    kept = {k: v for k, v in payload.items() if k not in HIDDEN}
+    for name in STEPS_WITH_OUTPUT:
+        steps = kept.get(name)
+        if isinstance(steps, dict):
+            kept[name] = _without_output(steps)
+        elif isinstance(steps, list):
+            kept[name] = [_without_output(s) if isinstance(s, dict) else s for s in steps]
+    return kept
+
+
+def _without_output(step: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in step.items() if k not in STEP_OUTPUT}
 
 
 def summary(payload: Mapping[str, Any], result: str) -> str:

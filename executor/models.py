@@ -37,6 +37,17 @@ class File:
 
 
 @dataclass(frozen=True)
+class TestCase:
+    """One test case: the program runs once on its stdin (and args, else the request's)."""
+
+    __test__ = False  # not a pytest class
+
+    stdin: str = ""
+    args: tuple[str, ...] | None = None
+    expected_stdout: str | None = None
+
+
+@dataclass(frozen=True)
 class RunRequest:
     """One validated execution request."""
 
@@ -47,6 +58,8 @@ class RunRequest:
     args: tuple[str, ...] = ()
     files: tuple[File, ...] = ()
     image: str | None = None  # an operator-approved image for this language (EXECUTOR_IMAGES)
+    tests: tuple[TestCase, ...] = ()  # none: the program runs once, on stdin and args
+    outputs: tuple[str, ...] = ()  # glob patterns of the files to send back
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,14 @@ class Language:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """CPU time (user + system, the program and its children) and peak memory, by the kernel."""
+
+    cpu_ms: int = 0
+    memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class StepResult:
     """The build step of a compiled language."""
 
@@ -85,6 +106,32 @@ class StepResult:
     stdout: str
     stderr: str
     duration_ms: int
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One test case's run; `passed` is None without an expected stdout."""
+
+    status: str
+    exit_code: int | None
+    signal: str | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    duration_ms: int
+    usage: Usage
+    passed: bool | None
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file the program left that matched `outputs`."""
+
+    path: str
+    size: int
+    content_base64: str
 
 
 @dataclass
@@ -106,12 +153,25 @@ class RunResult:
     image: str
     limits: Limits
     compile: StepResult | None = None
+    usage: Usage = field(default_factory=Usage)
+    tests: list[CaseResult] | None = None  # with test cases only, as the four below
+    passed: int | None = None
+    failed: int | None = None
+    files: list[OutputFile] | None = None  # with outputs only, as files_truncated
+    files_truncated: bool | None = None
     started_at: str = ""
     finished_at: str = ""
     container_id: str = field(default="", repr=False)
     warm: bool = False
+    # The first test case a fresh sandbox may still run: this one ended (its runtime's OOM
+    # kill takes the whole sandbox under gVisor) before the cases from there on could run.
+    resume_at: int | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("container_id")
+        data.pop("resume_at")
+        for key in ("tests", "passed", "failed", "files", "files_truncated"):
+            if data[key] is None:
+                del data[key]  # the fields of what the request did not ask for
         return data

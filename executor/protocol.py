@@ -6,7 +6,8 @@ the attach stream: Docker's stream framing first, then the runner's own frames.
 Nothing read from a container is trusted. The runner's reply channel is out of the program's
 reach by construction (see runner.py), yet the decoder holds whatever arrives to the protocol:
 frames in their order (ready, accepted, output, one result), each frame and the whole reply
-within bounds, output kept up to the cap, and the result strictly typed and bounded. Anything
+within bounds, output kept up to the cap, each case's and the whole result strictly typed and
+bounded, files back within their caps with safe relative paths. Anything
 else marks the reply broken, with a reason; the sandbox then kills the container and reports
 the program's `error`. Nothing here raises on bad input.
 """
@@ -17,7 +18,7 @@ import json
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from executor.languages import MAX_COMPILE_TIMEOUT_S, steps
@@ -37,11 +38,19 @@ OUTPUT_KINDS = (b"O", b"E", b"o", b"e")  # program stdout, stderr; build stdout,
 OutputSink = Callable[[bytes, bytes], None]
 
 
-def encode_request(request: RunRequest, language: Language, max_output: int) -> bytes:
+def encode_request(
+    request: RunRequest,
+    language: Language,
+    max_output: int,
+    files_caps: tuple[int, int] = (0, 0),
+    tests_output: int = 0,
+) -> bytes:
     """The runner's request: b"<length>\\n" then fields b"<name> <length>\\n<raw value>".
 
     The language's command and environment templates are filled in here (see
-    executor.languages): the runner only runs what it is given.
+    executor.languages): the runner only runs what it is given. `files_caps` is
+    (max_files, max_files_bytes) of the files back, `tests_output` what the test cases'
+    output may come to together.
     """
     program = steps(language, request.code, request.limits.memory_mb)
     fields: list[tuple[str, str | bytes]] = [
@@ -60,6 +69,14 @@ def encode_request(request: RunRequest, language: Language, max_output: int) -> 
     fields += [("env", f"{name}={value}") for name, value in program.env]
     for extra in request.files:
         fields += [("path", extra.path), ("content", extra.content)]
+    for case in request.tests:
+        args = request.args if case.args is None else case.args
+        fields += [("case", case.stdin), ("case_args", "".join(f"{a}\0" for a in args))]
+    if request.tests:
+        fields += [("max_total_output", str(tests_output))]
+    if request.outputs:
+        fields += [("output", pattern) for pattern in request.outputs]
+        fields += [("max_files", str(files_caps[0])), ("max_files_bytes", str(files_caps[1]))]
     parts = []
     for name, value in fields:
         data = value.encode("utf-8") if isinstance(value, str) else value
@@ -69,8 +86,16 @@ def encode_request(request: RunRequest, language: Language, max_output: int) -> 
 
 
 @dataclass(frozen=True)
+class Usage:
+    """What the kernel accounted to a step's processes."""
+
+    cpu_ms: int  # user + system
+    memory_bytes: int  # peak resident set
+
+
+@dataclass(frozen=True)
 class Step:
-    """What the runner reports of one step (the build, or the program's run)."""
+    """What the runner reports of one step (the build, or one run of the program)."""
 
     exit_code: int | None  # 0..255; None when it did not exit by itself
     signal: str | None  # "SIGKILL"...
@@ -79,15 +104,34 @@ class Step:
     duration_ms: int
     stdout_bytes: int  # written by the program, kept or not
     stderr_bytes: int
+    usage: Usage
 
 
 @dataclass(frozen=True)
 class Final:
-    """The runner's result: the build step (compiled languages) and the run (absent when the
-    build failed)."""
+    """The runner's last word: whether a cap left files out. The build and the runs are
+    reported by their own frames (b"B", b"T") as each ends."""
 
-    compile: Step | None
-    run: Step | None
+    files_truncated: bool
+
+
+@dataclass
+class CaseReply:
+    """One run of the program (a test case, or the one run without them) as it arrives."""
+
+    streams: dict[bytes, bytearray] = field(
+        default_factory=lambda: {b"O": bytearray(), b"E": bytearray()}
+    )
+    step: Step | None = None  # set by its b"T" frame
+
+
+@dataclass
+class FileReply:
+    """One file back: its path and size from its b"F" frame, its content as it arrives."""
+
+    path: str
+    size: int
+    data: bytearray = field(default_factory=bytearray)
 
 
 class MalformedResult(ValueError):
@@ -106,14 +150,25 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _STEP_KEYS = frozenset(
-    ("exit_code", "signal", "timed_out", "oom", "duration_ms", "stdout_bytes", "stderr_bytes")
+    (
+        "exit_code",
+        "signal",
+        "timed_out",
+        "oom",
+        "duration_ms",
+        "stdout_bytes",
+        "stderr_bytes",
+        "usage",
+    )
 )
+_USAGE_KEYS = frozenset(("cpu_ms", "memory_bytes"))
+_FINAL_KEYS = frozenset(("files_truncated",))
 
 
-def _count(data: dict[str, Any], key: str) -> int:
+def _count(data: dict[str, Any], key: str, where: str = "") -> int:
     value = data[key]
     if type(value) is not int or not 0 <= value < _INT_MAX:
-        raise MalformedResult(f"{key} must be a non-negative integer")
+        raise MalformedResult(f"{where}{key} must be a non-negative integer")
     return value
 
 
@@ -130,6 +185,9 @@ def _step(data: Any, where: str) -> Step:
     for key in ("timed_out", "oom"):
         if type(data[key]) is not bool:
             raise MalformedResult(f"{where}.{key} must be a boolean")
+    usage = data["usage"]
+    if not isinstance(usage, dict) or set(usage) != _USAGE_KEYS:
+        raise MalformedResult(f"{where}.usage must hold exactly {sorted(_USAGE_KEYS)}")
     return Step(
         exit_code=exit_code,
         signal=sig,
@@ -138,49 +196,100 @@ def _step(data: Any, where: str) -> Step:
         duration_ms=_count(data, "duration_ms"),
         stdout_bytes=_count(data, "stdout_bytes"),
         stderr_bytes=_count(data, "stderr_bytes"),
+        usage=Usage(_count(usage, "cpu_ms", "usage."), _count(usage, "memory_bytes", "usage.")),
     )
 
 
-def parse_final(payload: bytes) -> Final:
-    """The result frame, strictly: raise MalformedResult for anything but the runner's form."""
+def _json_object(payload: bytes) -> Any:
     if len(payload) > RESULT_MAX:
         raise MalformedResult(f"larger than {RESULT_MAX} bytes")
     try:
-        data = json.loads(
+        return json.loads(
             payload.decode("ascii"), parse_constant=_no_constants, object_pairs_hook=_unique
         )
     except (UnicodeDecodeError, RecursionError, ValueError) as e:
         if isinstance(e, MalformedResult):
             raise
         raise MalformedResult("not JSON") from None
-    if not isinstance(data, dict) or "compile" not in data:
-        raise MalformedResult("not a result object")
-    raw_compile = data.pop("compile")
-    build = None if raw_compile is None else _step(raw_compile, "compile")
-    if build is not None and build.exit_code != 0:
-        if data:
-            raise MalformedResult("a failed build cannot have a run")
-        return Final(compile=build, run=None)
-    return Final(compile=build, run=_step(data, "result"))
+
+
+def parse_step(payload: bytes, where: str = "result") -> Step:
+    """A b"T" (or b"B") frame, strictly: raise MalformedResult for anything but the runner's
+    form."""
+    return _step(_json_object(payload), where)
+
+
+def parse_final(payload: bytes) -> Final:
+    """The result frame, strictly: raise MalformedResult for anything but the runner's form."""
+    data = _json_object(payload)
+    if not isinstance(data, dict) or set(data) != _FINAL_KEYS:
+        raise MalformedResult(f"not a result object of exactly {sorted(_FINAL_KEYS)}")
+    if type(data["files_truncated"]) is not bool:
+        raise MalformedResult("files_truncated must be a boolean")
+    return Final(files_truncated=data["files_truncated"])
+
+
+MAX_FILE_PATH_BYTES = 4096  # PATH_MAX
+
+
+def _file_header(payload: bytes) -> tuple[str, int]:
+    """(path, size) of a b"F" frame: b"<size> <path>", a normalized relative UTF-8 path."""
+    size, sep, raw = payload.partition(b" ")
+    if not sep or not size.isdigit() or len(size) > 15 or not 0 < len(raw) <= MAX_FILE_PATH_BYTES:
+        raise MalformedResult("a file header must be b'<size> <path>'")
+    try:
+        path = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedResult("a file path must be UTF-8") from None
+    segments = path.split("/")
+    if (
+        path.startswith("/")
+        or any(s in ("", ".", "..") for s in segments)
+        or any(ord(c) < 32 for c in path)
+    ):
+        raise MalformedResult("a file path must be relative and normalized, without '..'")
+    return path, int(size)
 
 
 class Reply:
-    """Decodes one container's attach stream; keeps `cap` bytes per output stream.
+    """Decodes one container's attach stream; keeps `cap` bytes per output stream and step.
 
     `ready` once the runner waits for its request, `accepted` once it has read it whole,
-    `final` once it reported; `broken` names the first violation of the protocol.
+    `final` once it reported; `broken` names the first violation of the protocol. `cases` is
+    how many runs the request asked for (its test cases, or 1), `cases_output` what is kept of
+    all their output together (None: each run's streams up to the cap); `max_files` and
+    `max_files_bytes` bound the files back.
     """
 
     def __init__(
-        self, cap: int, *, ready: bool = False, on_output: OutputSink | None = None
+        self,
+        cap: int,
+        *,
+        ready: bool = False,
+        cases: int = 1,
+        cases_output: int | None = None,
+        max_files: int = 0,
+        max_files_bytes: int = 0,
+        on_output: OutputSink | None = None,
     ) -> None:
         self.cap = cap
         self.on_output = on_output
-        self.budget = 4 * cap + (1 << 20)  # more than this from one runner is a broken runner
+        self.expected_cases = cases
+        self.cases_output_left = 2 * cap * cases if cases_output is None else cases_output
+        self.max_files = max_files
+        self.max_files_bytes = max_files_bytes
+        # More than this from one runner is a broken runner: the build's streams at their cap,
+        # the runs' output, the files, and the framing of it all (at most 13 bytes per 64 KiB
+        # frame).
+        self.budget = 2 * (2 * cap + self.cases_output_left + max_files_bytes) + (1 << 20)
         self.raw = 0
         self.docker_buf = bytearray()
         self.frame_buf = bytearray()
-        self.streams: dict[bytes, bytearray] = {k: bytearray() for k in OUTPUT_KINDS}
+        self.build: dict[bytes, bytearray] = {b"o": bytearray(), b"e": bytearray()}
+        self.build_step: Step | None = None  # compiled languages, once the build ended
+        self.cases: list[CaseReply] = []
+        self.files: list[FileReply] = []
+        self.files_bytes = 0
         self.diagnostics = bytearray()
         self.ready = ready
         self.accepted = False
@@ -190,6 +299,11 @@ class Reply:
     @property
     def done(self) -> bool:
         return self.final is not None or bool(self.broken)
+
+    @property
+    def open_case(self) -> CaseReply | None:
+        """The case whose output is arriving (started, not yet ended)."""
+        return self.cases[-1] if self.cases and self.cases[-1].step is None else None
 
     def feed(self, data: bytes) -> None:
         if self.done:
@@ -228,34 +342,87 @@ class Reply:
                 break
             payload = bytes(self.frame_buf[_FRAME_HEADER.size : end])
             del self.frame_buf[:end]
-            self._frame(kind, payload)
+            try:
+                self._frame(kind, payload)
+            except MalformedResult as e:
+                self.broken = f"the sandbox sent a malformed result ({e})"
 
     def _frame(self, kind: bytes, payload: bytes) -> None:
+        case = self.open_case
         if kind == b"r" and not self.ready and not payload:
             self.ready = True
         elif kind == b"a" and self.ready and not self.accepted and not payload:
             self.accepted = True
-        elif kind in self.streams and self.accepted:
-            kept = self.streams[kind]
-            if len(kept) < self.cap:
-                kept += payload[: self.cap - len(kept)]
-            if self.on_output is not None:
-                self.on_output(kind, payload)
-        elif kind == b"R" and self.accepted:
-            try:
-                self.final = parse_final(payload)
-            except MalformedResult as e:
-                self.broken = f"the sandbox sent a malformed result ({e})"
+        elif kind in OUTPUT_KINDS and self.accepted and self._may_output(kind, case):
+            self._output(kind, payload, case)
+        elif kind == b"c" and self.accepted and case is None and not self.files:
+            if payload != b"%d" % len(self.cases) or len(self.cases) >= self.expected_cases:
+                raise MalformedResult(f"unexpected case {payload[:20]!r}")
+            self.cases.append(CaseReply())
+        elif kind == b"T" and case is not None:
+            case.step = parse_step(payload)
+        elif kind == b"B" and self.accepted and self.build_step is None and not self.cases:
+            self.build_step = parse_step(payload, "compile")
+        elif kind == b"F" and self.accepted and case is None and self._file_complete():
+            self._file(payload)
+        elif kind == b"D" and self.files and not self._file_complete():
+            current = self.files[-1]
+            if len(current.data) + len(payload) > current.size or not payload:
+                raise MalformedResult("a file's content exceeds its size")
+            current.data += payload
+        elif kind == b"R" and self.accepted and case is None and self._file_complete():
+            final = parse_final(payload)
+            ran = self.build_step is None or self.build_step.exit_code == 0
+            if len(self.cases) != (self.expected_cases if ran else 0):
+                raise MalformedResult(f"{len(self.cases)} runs of {self.expected_cases}")
+            self.final = final
         else:
             self.broken = f"the sandbox broke the reply protocol (frame {kind!r} out of order)"
+
+    def _may_output(self, kind: bytes, case: CaseReply | None) -> bool:
+        """Build output comes before any case; a case's output between its b"c" and b"T"."""
+        if kind in self.build:
+            return not self.cases and self.build_step is None
+        return case is not None
+
+    def _output(self, kind: bytes, payload: bytes, case: CaseReply | None) -> None:
+        """Every chunk of output passes here, in the order the program wrote it: the build's
+        (case None) and each case's; kept up to the cap."""
+        if case is None:
+            kept = self.build[kind]
+            kept += payload[: max(0, self.cap - len(kept))]
+            return
+        kept = case.streams[kind]
+        room = max(0, min(self.cap - len(kept), self.cases_output_left))
+        kept += payload[:room]
+        self.cases_output_left -= min(room, len(payload))
+        if self.on_output is not None:  # live output: the program's, whole (the sink caps it)
+            self.on_output(kind, payload)
+
+    def _file_complete(self) -> bool:
+        return not self.files or len(self.files[-1].data) == self.files[-1].size
+
+    def _file(self, payload: bytes) -> None:
+        path, size = _file_header(payload)
+        if len(self.files) >= self.max_files:
+            raise MalformedResult(f"more than {self.max_files} files")
+        if self.files_bytes + size > self.max_files_bytes:
+            raise MalformedResult(f"files of more than {self.max_files_bytes} bytes")
+        if any(f.path == path for f in self.files):
+            raise MalformedResult("a file sent twice")
+        self.files_bytes += size
+        self.files.append(FileReply(path, size))
 
     @property
     def pending(self) -> bool:
         """Bytes of an unfinished frame are waiting."""
         return bool(self.docker_buf or self.frame_buf)
 
-    def text(self, kind: bytes) -> str:
-        return decode_capped(bytes(self.streams[kind]), self.cap)
+    def build_text(self, kind: bytes) -> str:
+        return decode_capped(bytes(self.build[kind]), self.cap)
+
+    def case_text(self, case: CaseReply, kind: bytes) -> str:
+        return decode_capped(bytes(case.streams[kind]), self.cap)
 
 
 def decode_capped(data: bytes, cap: int) -> str:

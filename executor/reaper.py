@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from executor import metrics
+from executor.budget import MAX_TESTS, run_seconds
 from executor.engine import Engine
 from executor.policy import LABEL_EXECUTION, LABEL_WORKER, SANDBOX_LABEL_FILTER
 from executor.protocol import COMPILE_TIMEOUT_S
@@ -50,7 +51,8 @@ class Reaper:
         self.engine = engine
         self.owner = owner
         self.instance = owner.rsplit(":", 2)[0]
-        self.max_age_s = max_idle_s + max_timeout + COMPILE_TIMEOUT_S + DEADLINE_GRACE_S + 60
+        longest = run_seconds(max_timeout, MAX_TESTS, COMPILE_TIMEOUT_S, files=True)
+        self.max_age_s = max_idle_s + longest + DEADLINE_GRACE_S + 60
         self.interval = interval
         self.events: Events = events or (lambda name, n: None)
         self._stop = threading.Event()

@@ -26,16 +26,18 @@ from marshmallow import (
     validates_schema,
 )
 
+from executor.budget import MAX_TESTS
 from executor.config import Settings
 from executor.errors import InvalidRequest
 from executor.languages import languages
-from executor.models import File, Limits, RunRequest
+from executor.models import File, Limits, RunRequest, TestCase
 from executor.policy import MIN_CPUS, MIN_MEMORY_MB
 
 MAX_ARGS = 64  # the contract's bound
 MAX_ARG_BYTES = 8192  # one argument, in UTF-8
 MAX_FILES = 64
 MAX_PATH_BYTES = 1024
+MAX_OUTPUTS = 16  # glob patterns of files back
 MAX_SEGMENT_BYTES = 255  # NAME_MAX on Linux
 JSON_OVERHEAD_BYTES = 64 * 1024  # keys, punctuation and the small fields of a request
 # Escaping can make the JSON text of a string longer than its UTF-8: an astral character sent
@@ -54,6 +56,9 @@ def max_body_bytes(settings: Settings) -> int:
         + settings.max_files_bytes
         + MAX_ARGS * MAX_ARG_BYTES
         + MAX_FILES * MAX_PATH_BYTES
+        + settings.max_tests_bytes
+        + MAX_TESTS * MAX_ARGS * 8  # the punctuation of the cases' (possibly empty) args
+        + MAX_OUTPUTS * MAX_PATH_BYTES
     )
     return JSON_ESCAPE_FACTOR * strings + JSON_OVERHEAD_BYTES
 
@@ -140,6 +145,67 @@ class FileSchema(Schema):
         return File(**data)
 
 
+def _args_field(description: str, **kwargs: Any) -> Any:
+    return fields.List(
+        fields.String(validate=[Utf8Length(max=MAX_ARG_BYTES), _no_nul]),
+        validate=validate.Length(max=MAX_ARGS),
+        metadata=_doc(description),
+        **kwargs,
+    )
+
+
+class TestCaseSchema(Schema):
+    """One test case; `test_case_schema()` adds the settings' bounds."""
+
+    __test__ = False  # not a pytest class
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> TestCase:
+        args = data.get("args")
+        return TestCase(
+            stdin=data["stdin"],
+            args=None if args is None else tuple(args),
+            expected_stdout=data.get("expected_stdout"),
+        )
+
+
+def test_case_schema(settings: Settings) -> type[TestCaseSchema]:
+    s = settings
+
+    class TestCaseInputSchema(TestCaseSchema):
+        stdin = fields.String(
+            load_default="",
+            validate=Utf8Length(max=s.max_stdin_bytes),
+            metadata=_doc(f"This case's stdin: up to {s.max_stdin_bytes} bytes of UTF-8."),
+        )
+        args = _args_field(
+            "This case's arguments; without them, the request's.",
+            load_default=None,
+            allow_none=True,
+        )
+        expected_stdout = fields.String(
+            load_default=None,
+            allow_none=True,
+            validate=Utf8Length(max=s.max_output_bytes),
+            metadata=_doc(
+                "What stdout should be (trailing whitespace of each line and trailing empty"
+                " lines aside): sets `passed`."
+            ),
+        )
+
+    return TestCaseInputSchema
+
+
+def _case_bytes(item: Any) -> int:
+    """The UTF-8 bytes a test case carries (what is not a string counts for nothing)."""
+    if not isinstance(item, dict):
+        return 0
+    values = [item.get("stdin"), item.get("expected_stdout")]
+    args = item.get("args")
+    values += args if isinstance(args, list) else []
+    return sum((_utf8_len(v) or 0) for v in values if isinstance(v, str))
+
+
 class RequestSchema(Schema):
     """What every request schema shares; `request_schema()` adds the settings' bounds."""
 
@@ -148,6 +214,7 @@ class RequestSchema(Schema):
     source_files: Mapping[str, str] = {}  # language -> the program's own file name
     images: Mapping[str, tuple[str, ...]] = {}  # language -> its images (EXECUTOR_IMAGES)
     max_files_bytes = 0
+    max_tests_bytes = 0
     pids = 0
     tmpfs_mb = 0
 
@@ -183,6 +250,17 @@ class RequestSchema(Schema):
             ]
         if errors:
             raise ValidationError(errors)
+
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def check_tests(self, data: dict[str, Any], original: Any, **_: Any) -> None:
+        """The test cases' stdin, args and expected stdout stay within the total."""
+        items = original.get("tests") if isinstance(original, dict) else None
+        if not isinstance(items, list):
+            return
+        total = sum(_case_bytes(item) for item in items)
+        if total > self.max_tests_bytes:
+            message = f"The test cases carry more than {self.max_tests_bytes} bytes in total."
+            raise ValidationError({"tests": {"_schema": [message]}})
 
     @validates_schema(skip_on_field_errors=True)
     def check_image(self, data: dict[str, Any], **_: Any) -> None:
@@ -234,6 +312,7 @@ def request_schema(settings: Settings) -> type[RequestSchema]:
         source_files = sources
         images = {name: (lang.image, *lang.extra_images) for name, lang in known.items()}  # noqa: RUF012
         max_files_bytes = s.max_files_bytes
+        max_tests_bytes = s.max_tests_bytes
         pids = s.pids_limit
         tmpfs_mb = s.tmpfs_mb
 
@@ -252,12 +331,7 @@ def request_schema(settings: Settings) -> type[RequestSchema]:
             validate=Utf8Length(max=s.max_stdin_bytes),
             metadata=_doc(f"Up to {s.max_stdin_bytes} bytes of UTF-8."),
         )
-        args = fields.List(
-            fields.String(validate=[Utf8Length(max=MAX_ARG_BYTES), _no_nul]),
-            load_default=list,
-            validate=validate.Length(max=MAX_ARGS),
-            metadata=_doc("The program's arguments (no NUL characters)."),
-        )
+        args = _args_field("The program's arguments (no NUL characters).", load_default=list)
         files = fields.List(
             fields.Nested(FileSchema),
             load_default=list,
@@ -282,6 +356,25 @@ def request_schema(settings: Settings) -> type[RequestSchema]:
             attribute="limits.cpus",
             load_default=s.default_cpus,
             validate=validate.Range(min=MIN_CPUS, max=s.max_cpus),
+        )
+        tests = fields.List(
+            fields.Nested(test_case_schema(s)),
+            load_default=list,
+            validate=validate.Length(max=MAX_TESTS),
+            metadata=_doc(
+                f"Test cases: the program is built once and runs once per case, in order, each"
+                f" with the whole timeout and limits (up to {MAX_TESTS} cases,"
+                f" {s.max_tests_bytes} bytes in all). The top-level stdin is then unused."
+            ),
+        )
+        outputs = fields.List(
+            fields.String(validate=[Utf8Length(min=1, max=MAX_PATH_BYTES), _safe_path]),
+            load_default=list,
+            validate=validate.Length(max=MAX_OUTPUTS),
+            metadata=_doc(
+                "Glob patterns (relative to the working directory, no '..'; * and ? within a"
+                " directory, ** across them) of the files to send back in `files`."
+            ),
         )
         image = fields.String(
             load_default=None,

@@ -9,8 +9,13 @@ length made of fields b"<name> <length>\\n<value>". Names: code, source, stdin, 
 timeout, compile_timeout, max_output, nproc (decimal; nproc is optional: the program's
 processes and threads, RLIMIT_NPROC of its uid), and the repeatable arg, run, compile (argv
 items), env (b"NAME=value", set for every step; optional) and path/content (one pair per extra
-file). Values are raw UTF-8: nothing is escaped. The run's timeout counts from the end of the
-build: the build has its own, compile_timeout. A command whose first item starts with "./" is
+file). Test cases (optional, repeatable, in pairs): case (that case's stdin) and case_args (its
+argv items, each ended by a NUL byte); without them the program runs once, on stdin and arg.
+max_total_output (optional, decimal) bounds the output of all cases together, per reply.
+Files back (optional): the repeatable output (a glob pattern relative to the working
+directory), max_files and max_files_bytes (decimal). Values are raw UTF-8: nothing is escaped.
+The run's timeout counts from the end of the build: the build has its own, compile_timeout;
+each test case has the whole timeout to itself. A command whose first item starts with "./" is
 a build product in the working directory: /tmp is a noexec tmpfs, so the runner executes a copy
 of it in memory (memfd), which the program could do itself just as well; the sandbox's mounts
 stay as they are.
@@ -18,10 +23,24 @@ stay as they are.
 Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian length + data.
     b"r"         empty; sent once the runner has started and waits for its request
     b"a"         empty; the whole request arrived (before it, nothing of the program has run)
-    b"O" / b"E"  the program's stdout / stderr (at most max_output bytes each)
-    b"o" / b"e"  the build step's stdout / stderr (compiled languages)
-    b"R"         last frame: JSON {"exit_code", "signal", "timed_out", "oom", "duration_ms",
-                 "stdout_bytes", "stderr_bytes", "compile": {...} | null}
+    b"o" / b"e"  the build step's stdout / stderr (compiled languages), before any case
+    b"B"         the build's end: JSON step (as b"T" below); no case runs unless it exited 0
+    b"c"         ASCII decimal index of the case that starts: the O/E frames up to its b"T" are
+                 its own (a run without test cases is the one case 0)
+    b"O" / b"E"  the running case's stdout / stderr (at most max_output bytes each per case,
+                 and max_total_output of all cases' together)
+    b"T"         the case's end: JSON step {"exit_code", "signal", "timed_out", "oom",
+                 "duration_ms", "stdout_bytes", "stderr_bytes", "usage": {"cpu_ms",
+                 "memory_bytes"}}
+    b"F"         after the last case: a file back, b"<size> <path>" (path relative to the
+                 working directory, UTF-8), its content following in b"D" frames of at
+                 most 64 KiB that add up to size (none for an empty file)
+    b"R"         last frame: JSON {"files_truncated": bool}
+
+Usage is the kernel's: the CPU time (user + system) of every process of the step, reaped by
+wait4 (the program and whatever it left behind, killed and reaped before the step's b"T"), and
+the peak resident set of the largest of them (a process's own counts the children it waited
+for). The runner's own CPU and memory are never in it.
 
 Why the program cannot forge this reply: only the runner holds the container's stdout, and no
 process of the program shares its uid. The runner is the container's PID 1 (no --init); it
@@ -32,8 +51,14 @@ open /proc/1/fd/* or /proc/1/mem, ptrace the runner (refused by our seccomp prof
 or signal it, under runc and gVisor alike; the runner is also non-dumpable, and as the init
 of its PID namespace it gets no signal from inside but those it handles (none). Whatever the
 program needs to open again by path (its files, /dev/stdin, /dev/stdout) is made under its
-uid, before any program runs. When the runner exits, the kernel kills every process left in
-the container, so nothing the program started outlives the reply.
+uid, and only while no process of that uid is alive: before any program runs, and between
+steps once every process the last one left is killed and reaped (each step starts in a
+container where nothing of the previous one runs). The files back are read the same way,
+under the program's uid once nothing of it runs, through directory descriptors without
+following any symbolic link, regular files only: the runner reads nothing the program could
+not have read itself, and nothing can change under it meanwhile. When the runner exits, the
+kernel kills every process left in the container, so nothing the program started outlives the
+reply.
 
 Python programs run "inline": the runner's interpreter is already started, so the program is run
 in a forked child with a fresh __main__ instead of paying for a new interpreter.
@@ -199,15 +224,17 @@ def _program_uid(argv):
 
 
 class _AsUser:
-    """Create files and pipes owned by `uid`: the runner's effective ids, for the block only.
+    """Act as `uid` for the block only: the runner's effective ids (no supplementary group),
+    so what it creates is the program's and what it opens, only what the program could.
 
-    Only used before any program runs, so no process of that uid exists meanwhile.
+    Only used while no process of that uid exists (see _clear).
     """
 
     def __init__(self, uid):
         self.uid = uid
 
     def __enter__(self):
+        os.setgroups([])  # root's group would still open what the program's cannot
         os.setegid(self.uid)
         os.seteuid(self.uid)
 
@@ -241,16 +268,25 @@ def _stdin_fd(data):
 
 
 class _Stream:
-    def __init__(self, kind, limit):
+    """One output stream of a step: sends up to `limit` bytes, and no more than is left of
+    `shared` (a one-item list: what all the cases may still send together), if given."""
+
+    def __init__(self, kind, limit, shared=None):
         self.kind = kind
         self.limit = limit
+        self.shared = shared
         self.total = 0
 
     def feed(self, data):
         keep = self.limit - self.total
+        if self.shared is not None:
+            keep = min(keep, self.shared[0])
         self.total += len(data)
         if keep > 0:
-            _send(self.kind, data[:keep])
+            chunk = data[:keep]
+            if self.shared is not None:
+                self.shared[0] -= len(chunk)
+            _send(self.kind, chunk)
 
 
 def _limit_processes(nproc):
@@ -442,7 +478,7 @@ class WorkerGone(Exception):
     """The worker closed our stdin: nobody waits for this result any more."""
 
 
-def _supervise(pid, pipes, deadline):
+def _supervise(pid, pipes, deadline, usage):
     """Pump output until the program ends or the deadline passes; return (status, timed_out)."""
     poller = select.poll()
     poller.register(0, select.POLLIN)  # the worker's connection: readable means it is gone
@@ -485,18 +521,34 @@ def _supervise(pid, pipes, deadline):
                 poller.unregister(fd)
                 open_pipes -= 1
         if status is None:
-            status = _reap(pid)
+            status = _reap(pid, usage)
             if status is not None:
                 drain_until = time.monotonic() + DRAIN_AFTER_EXIT
     if pidfd is not None:
         os.close(pidfd)
     if timed_out:
         _kill_group(pid)
-        _, status = os.waitpid(pid, 0)
+        _, status, rusage = os.wait4(pid, 0)
+        usage.add(rusage)
     return status, timed_out
 
 
-def _reap(pid):
+class _Usage:
+    """What the kernel accounts to the processes reaped during one step (see the docstring)."""
+
+    def __init__(self):
+        self.cpu_s = 0.0
+        self.maxrss_kib = 0
+
+    def add(self, rusage):
+        self.cpu_s += rusage.ru_utime + rusage.ru_stime
+        self.maxrss_kib = max(self.maxrss_kib, rusage.ru_maxrss)
+
+    def report(self):
+        return {"cpu_ms": int(self.cpu_s * 1000), "memory_bytes": self.maxrss_kib * 1024}
+
+
+def _reap(pid, usage):
     """Reap every exited child (orphans are ours too); the wait status of `pid`, if it ended.
 
     Unreaped zombies would hold slots of the container's process limit.
@@ -504,39 +556,51 @@ def _reap(pid):
     status = None
     while True:
         try:
-            done, raw = os.waitpid(-1, os.WNOHANG)
+            done, raw, rusage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return status
         if done == 0:
             return status
+        usage.add(rusage)
         if done == pid:
             status = raw
 
 
-def _end_everything(within=2.0):
-    """Kill and reap every process left in the container before the runner exits.
+def _clear(usage=None, within=2.0):
+    """Kill and reap every process left in the container; True once none is left.
 
     Under runc the kernel does this when PID 1 exits; under gVisor the sandbox was seen to
     live on until the program's last detached process ended by itself (a fork bomb's sleepers
     held a container, and the engine's kill of it, for 30 s). As PID 1 we may signal every
     process in the namespace (kill(-1) spares only ourselves) and every orphan is our child,
     so kill until nothing is left to reap: a process forked while the signal went round is
-    caught by the next one. Only ever as PID 1: anywhere else kill(-1) would reach the host.
+    caught by the next one. Between steps this is what makes the program's uid free for the
+    runner's own use again (see _AsUser). Only ever as PID 1: anywhere else kill(-1) would
+    reach the host, so there it reports False.
     """
     if os.getpid() != 1:
-        return
+        return False
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
+        try:
+            while True:
+                done, _, rusage = os.wait4(-1, os.WNOHANG)
+                if done == 0:
+                    break
+                if usage is not None:
+                    usage.add(rusage)
+        except ChildProcessError:
+            return True
         try:
             os.kill(-1, _signal.SIGKILL)
         except OSError:
             pass
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        except ChildProcessError:
-            return
         time.sleep(0.001)
+    return False
+
+
+class Unsettled(Exception):
+    """A process of the program outlived every kill: the runner uses its uid no more."""
 
 
 def _kill_group(pid):
@@ -547,17 +611,28 @@ def _kill_group(pid):
             pass
 
 
-def _run_step(argv, stdin_fd, inline_path, timeout, kinds, limit, uid, pipes, nproc, env):
-    streams = [_Stream(kinds[0], limit), _Stream(kinds[1], limit)]
+def _run_step(argv, stdin, inline_path, timeout, kinds, limit, uid, nproc, env, shared=None):
+    """Run one step (the build: stdin None; a case) and clear up after it; its step dict."""
+    if not _clear():
+        raise Unsettled
+    with _AsUser(uid):  # nothing of the program runs: see _clear
+        stdin_fd = os.open(os.devnull, os.O_RDONLY) if stdin is None else _stdin_fd(stdin)
+        pipes = (os.pipe(), os.pipe())
+    streams = [_Stream(kinds[0], limit, shared), _Stream(kinds[1], limit, shared)]
+    usage = _Usage()
     oom_before = _oom_kills()
     started = time.monotonic()
     pid, out_r, err_r = _spawn(argv, stdin_fd, inline_path, uid, pipes, nproc, env)
-    status, timed_out = _supervise(pid, {out_r: streams[0], err_r: streams[1]}, started + timeout)
+    os.close(stdin_fd)
+    status, timed_out = _supervise(
+        pid, {out_r: streams[0], err_r: streams[1]}, started + timeout, usage
+    )
     duration_ms = int((time.monotonic() - started) * 1000)
     os.close(out_r)
     os.close(err_r)
     exit_code, sig = _wait_status(status)
     oom = not timed_out and exit_code != 0 and _oom_kills() > oom_before
+    _clear(usage)  # what the step left behind is killed, and its usage counted, now
     return {
         "exit_code": None if timed_out else exit_code,
         "signal": sig,
@@ -566,7 +641,159 @@ def _run_step(argv, stdin_fd, inline_path, timeout, kinds, limit, uid, pipes, np
         "duration_ms": duration_ms,
         "stdout_bytes": streams[0].total,
         "stderr_bytes": streams[1].total,
+        "usage": usage.report(),
     }
+
+
+def _cases(request):
+    """[(stdin, args)] of every test case, or of the one run without them."""
+    stdins = request.get("case")
+    if stdins is None:
+        args = [item.decode("utf-8") for item in request.get("arg", ())]
+        return [(request.get("stdin", [b""])[0], args)]
+    return [
+        (stdin, [item.decode("utf-8") for item in args.split(b"\0")[:-1]])
+        for stdin, args in zip(stdins, request.get("case_args", ()), strict=True)
+    ]
+
+
+MAX_WALK_ENTRIES = 10000  # directory entries looked at for files back
+MAX_WALK_DEPTH = 32
+
+
+def _glob_regex(pattern):
+    """A regular expression of a glob pattern over relative paths: `*` and `?` stay within
+    one segment, `**` spans any number of them, `[...]` is a set of characters."""
+    import re
+
+    out, at = [], 0
+    while at < len(pattern):
+        char = pattern[at]
+        if pattern.startswith("**/", at):
+            out.append("(?:[^/]+/)*")
+            at += 3
+            continue
+        if pattern.startswith("**", at):
+            out.append(".*")
+            at += 2
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[" and pattern.find("]", at + 2) > 0:
+            end = pattern.find("]", at + 2)
+            body = pattern[at + 1 : end]
+            negate = body[:1] in ("!", "^")
+            body = body[1:] if negate else body
+            out.append("[%s%s]" % ("^/" if negate else "", body.replace("\\", "\\\\")))
+            at = end
+        else:
+            out.append(re.escape(char))
+        at += 1
+    return re.compile("(?s:%s)\\Z" % "".join(out))
+
+
+class _Files:
+    """The regular files under the working directory that match, within the caps."""
+
+    OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+
+    def __init__(self, patterns, max_files, max_bytes):
+        self.matchers = [_glob_regex(p) for p in patterns]
+        self.max_files = max_files
+        self.left = max_bytes
+        self.seen = 0
+        self.found = []
+        self.truncated = False
+
+    def walk(self, dir_fd, prefix, depth):
+        with os.scandir(dir_fd) as it:
+            entries = sorted(
+                (e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False))
+                for e in it
+            )
+        for name, is_dir, is_file in entries:
+            self.seen += 1
+            if self.seen > MAX_WALK_ENTRIES:
+                self.truncated = True
+                return
+            try:
+                path = prefix + name
+                path.encode("utf-8")  # a name that is not UTF-8 cannot be sent back
+            except UnicodeEncodeError:
+                self.truncated = True
+                continue
+            if is_dir:
+                if depth >= MAX_WALK_DEPTH:
+                    self.truncated = True
+                    continue
+                try:
+                    fd = os.open(name, self.OPEN | os.O_DIRECTORY, dir_fd=dir_fd)
+                except OSError:
+                    continue  # unreadable to the program: not its to give back
+                try:
+                    self.walk(fd, path + "/", depth + 1)
+                finally:
+                    os.close(fd)
+            elif is_file and any(m.match(path) for m in self.matchers):
+                self.take(name, path, dir_fd)
+
+    def take(self, name, path, dir_fd):
+        if len(self.found) >= self.max_files:
+            self.truncated = True
+            return
+        try:
+            fd = os.open(name, self.OPEN, dir_fd=dir_fd)  # a symlink fails: ELOOP
+        except OSError:
+            return
+        try:
+            info = os.fstat(fd)
+            if not _is_regular(info.st_mode):
+                return
+            if info.st_size > self.left:
+                self.truncated = True
+                return
+            data = b""
+            while len(data) <= info.st_size:
+                chunk = os.read(fd, min(CHUNK, info.st_size + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+            if len(data) > self.left:
+                self.truncated = True
+                return
+            self.left -= len(data)
+            self.found.append((path, data))
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+
+
+def _is_regular(mode):
+    return mode & 0o170000 == 0o100000
+
+
+def _send_files(uid, patterns, max_files, max_bytes):
+    """Send the files back (b"F" and b"D" frames); True when a cap left something out.
+
+    Read under the program's uid once nothing of it runs (see the module docstring).
+    """
+    files = _Files([p.decode("utf-8") for p in patterns], max_files, max_bytes)
+    if not _clear():
+        raise Unsettled
+    with _AsUser(uid):
+        root = os.open(WORKDIR, _Files.OPEN | os.O_DIRECTORY)
+        try:
+            files.walk(root, "", 0)
+        finally:
+            os.close(root)
+    for path, data in files.found:
+        _send(b"F", b"%d " % len(data) + path.encode("utf-8"))
+        for at in range(0, len(data), CHUNK):
+            _send(b"D", data[at : at + CHUNK])
+    return files.truncated
 
 
 def main():
@@ -598,33 +825,35 @@ def main():
         for path, content in zip(request.get("path", ()), request.get("content", ()), strict=True):
             _write_file(_safe_path(path.decode("utf-8")), content)
         _write_file(source, request["code"][0])
-        stdin_fd = _stdin_fd(request.get("stdin", [b""])[0])
-        build_pipes = (os.pipe(), os.pipe()) if build else None
-        run_pipes = (os.pipe(), os.pipe())
     limit = int(number("max_output"))
     nproc = int(number("nproc", 0))
-    result = {"compile": None}
+    result = {"files_truncated": False}
+    built = True
     if build:
         build_started = time.monotonic()
-        with open(os.devnull, "rb") as devnull:
-            timeout = number("compile_timeout", 30.0)
-            step = _run_step(
-                argv("compile"), devnull.fileno(), None, timeout, (b"o", b"e"), limit, uid,
-                build_pipes, nproc, env,
-            )  # fmt: skip
-        result["compile"] = step
-        if step["exit_code"] != 0:
-            _send(b"R", _json(result).encode())
-            return
+        timeout = number("compile_timeout", 30.0)
+        step = _run_step(argv("compile"), None, None, timeout, (b"o", b"e"), limit, uid, nproc, env)
+        _send(b"B", _json(step).encode())
+        built = step["exit_code"] == 0
         received += time.monotonic() - build_started  # the build had its own time limit
-    budget = max(0.0, number("timeout") - (time.monotonic() - received))
-    inline = source if request.get("inline", [b"0"])[0] == b"1" else None
-    args = argv("arg")
-    command = args if inline else [*argv("run"), *args]
-    step = _run_step(
-        command, stdin_fd, inline, budget, (b"O", b"E"), limit, uid, run_pipes, nproc, env
-    )
-    result.update(step)
+    if built:
+        inline = source if request.get("inline", [b"0"])[0] == b"1" else None
+        budget = max(0.0, number("timeout") - (time.monotonic() - received))
+        total = number("max_total_output")
+        shared = None if total is None else [int(total)]
+        for index, (stdin, args) in enumerate(_cases(request)):
+            command = args if inline else [*argv("run"), *args]
+            _send(b"c", b"%d" % index)
+            step = _run_step(
+                command, stdin, inline, budget, (b"O", b"E"), limit, uid, nproc, env, shared
+            )
+            _send(b"T", _json(step).encode())
+            budget = number("timeout")  # each case has the whole timeout to itself
+    patterns = request.get("output")
+    if patterns:
+        result["files_truncated"] = _send_files(
+            uid, patterns, int(number("max_files", 0)), int(number("max_files_bytes", 0))
+        )
     _send(b"R", _json(result).encode())
 
 
@@ -634,10 +863,10 @@ if __name__ == "__main__":
         main()
     except _Inline as child:
         inline = (child.path, child.args_)  # run it outside this handler: no __context__
-    except (WorkerGone, EOFError):
-        _end_everything()
-        os._exit(3)  # nobody is listening: end the container and everything in it
+    except (WorkerGone, EOFError, Unsettled):
+        _clear()
+        os._exit(3)  # nobody is listening, or it is not safe to go on: end the container
     if inline is not None:
         _child_inline(*inline)  # in the program's process; never returns
-    _end_everything()
+    _clear()
     os._exit(0)  # the reply is sent: end the container now, skip interpreter teardown

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from executor import logs, metrics
+from executor.budget import MAX_TESTS, RUN_OVERHEAD_S, extra_seconds
 from executor.cancellation import Cancellations, CancelToken
 from executor.celery_app import TimeLimits
 from executor.config import Settings
@@ -208,7 +209,7 @@ class WorkerRuntime:
         if payload is None and claim.request:
             payload = json.loads(claim.request)  # an API submission: its stored request
         with (
-            self.backstop.running(execution_id, _build_allowance(payload)),
+            self.backstop.running(execution_id, _allowance(payload, self.settings)),
             self.cancellations.running(execution_id) as cancel,
         ):
             try:
@@ -371,10 +372,14 @@ def _epoch(moment: str) -> float:
     return datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
 
 
-def _build_allowance(payload: Any) -> float:
-    """The build time limit of the payload's language, if it compiles (0 otherwise)."""
+def _allowance(payload: Any, settings: Settings) -> float:
+    """Time the payload may take beyond one timeout: the build of its language, if it compiles,
+    and its test cases after the first (read before validation: bounded by the largest)."""
     language = next((lang for lang in REGISTRY if lang.name == _language_of(payload)), None)
-    return language.compile_timeout if language is not None and language.compiled else 0.0
+    build = language.compile_timeout if language is not None and language.compiled else 0.0
+    tests = payload.get("tests") if isinstance(payload, dict) else None
+    runs = min(len(tests), MAX_TESTS) if isinstance(tests, list) else 1
+    return build + extra_seconds(settings.max_timeout, runs) + RUN_OVERHEAD_S
 
 
 def _language_of(payload: Any) -> str:

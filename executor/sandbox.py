@@ -10,6 +10,7 @@ started outlives its execution, and the counters count only what Docker confirme
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import select
@@ -18,16 +19,29 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from executor import metrics
+from executor.budget import run_seconds
 from executor.cancellation import CancelToken
 from executor.config import Settings
 from executor.engine import Engine
 from executor.errors import ContainerLost, SandboxError, UidInUse
-from executor.models import Language, Limits, RunRequest, RunResult, StepResult, iso
+from executor.models import (
+    CaseResult,
+    Language,
+    Limits,
+    OutputFile,
+    RunRequest,
+    RunResult,
+    StepResult,
+    TestCase,
+    Usage,
+    iso,
+)
 from executor.policy import profile_name, sandbox_config
-from executor.protocol import OutputSink, Reply, Step, encode_request
+from executor.protocol import CaseReply, OutputSink, Reply, encode_request
+from executor.results import NOT_RUN, run_status, same_output, summarize
 from executor.uids import UidAllocator, UidsExhausted
 
 log = logging.getLogger(__name__)
@@ -203,8 +217,20 @@ class Sandbox:
         """
         language = container.language
         limits = request.limits
-        payload = encode_request(request, language, self.settings.max_output_bytes)
-        reply = Reply(self.settings.max_output_bytes, ready=container.ready, on_output=output)
+        settings = self.settings
+        caps = (settings.max_output_files, settings.max_output_files_bytes)
+        tests_output = settings.max_tests_output_bytes
+        payload = encode_request(request, language, settings.max_output_bytes, caps, tests_output)
+        runs = max(1, len(request.tests))
+        reply = Reply(
+            settings.max_output_bytes,
+            ready=container.ready,
+            cases=runs,
+            cases_output=tests_output if request.tests else None,
+            max_files=caps[0] if request.outputs else 0,
+            max_files_bytes=caps[1] if request.outputs else 0,
+            on_output=output,
+        )
         sock = container.sock
         try:
             sock.settimeout(self.settings.docker_timeout)
@@ -214,7 +240,8 @@ class Sandbox:
                 f"container {container.id[:12]} ended before its program arrived: {e}"
             ) from None
         started, started_wall = time.monotonic(), time.time()
-        budget = limits.timeout + (language.compile_timeout if language.compile else 0.0)
+        build_s = language.compile_timeout if language.compile else 0.0
+        budget = run_seconds(limits.timeout, runs, build_s, bool(request.outputs))
         # Until the runner takes the program, a cold one may still be booting.
         deadline = started + budget + self.settings.docker_timeout
         if container.pending:
@@ -249,7 +276,7 @@ class Sandbox:
         if reported_ms > measured_ms:
             started_wall -= (reported_ms - measured_ms) / 1000
         started_at = iso(started_wall)
-        cancelled = cancel is not None and cancel.is_set()
+        cancelled = cancel is not None and cancel.is_set() and not reply.done
         if not reply.accepted and not killed and not cancelled:
             raise ContainerLost(
                 f"container {container.id[:12]} ended before its program arrived"
@@ -257,12 +284,9 @@ class Sandbox:
             )
         if killed or reply.broken or cancelled:
             self.engine.kill(container.id)
-        result = self._result(container, request, reply, killed, measured_ms, started_at)
-        if cancelled and not reply.done:
-            result.status, result.exit_code, result.signal = "cancelled", None, "SIGKILL"
-            result.duration_ms = measured_ms if reply.accepted else 0
-            result.stderr = reply.text(b"E")  # without the "ended without a result" note
-        return result
+        if cancelled and not reply.accepted:
+            measured_ms = 0  # nothing of the program ran
+        return self._result(container, request, reply, killed, measured_ms, started_at, cancelled)
 
     def _result(
         self,
@@ -272,31 +296,136 @@ class Sandbox:
         killed: bool,
         measured_ms: int,
         started_at: str,
+        cancelled: bool = False,
     ) -> RunResult:
         language = container.language
         final = reply.final
-        cap = self.settings.max_output_bytes
-        build = final.compile if final is not None else None
-        run: Step | None = final.run if final is not None else None
+        build = reply.build_step
         compile_step = None
         if build is not None:
             compile_step = StepResult(
                 exit_code=build.exit_code,
-                stdout=reply.text(b"o"),
-                stderr=reply.text(b"e"),
+                stdout=reply.build_text(b"o"),
+                stderr=reply.build_text(b"e"),
                 duration_ms=build.duration_ms,
+                usage=Usage(build.usage.cpu_ms, build.usage.memory_bytes),
             )
-        exit_code = run.exit_code if run is not None else None
-        sig = run.signal if run is not None else None
-        duration_ms = run.duration_ms if run is not None else measured_ms
-        stderr = reply.text(b"E")
-        if killed:
-            status, exit_code, sig, duration_ms = "timeout", None, "SIGKILL", measured_ms
+        built = build is None or build.exit_code == 0
+        runs, resume_at = (
+            self._runs(container, request, reply, killed, measured_ms, cancelled)
+            if built
+            else ([], None)
+        )
+        result = RunResult(
+            status="compile_error",
+            exit_code=None,
+            signal=None,
+            stdout="",
+            stderr="",
+            stdout_truncated=False,
+            stderr_truncated=False,
+            duration_ms=0,
+            language=language.name,
+            image=f"{language.image}@{container.image_id}",
+            limits=request.limits,
+            compile=compile_step,
+            started_at=started_at,
+            container_id=container.id,
+        )
+        summarize(result, runs, bool(request.tests))
+        result.resume_at = resume_at
+        reported = len(reply.cases) == len(runs) and all(c.step for c in reply.cases)
+        if runs and reported and final is None and not cancelled:
+            # Every run reported, then the sandbox failed its protocol or its deadline: the
+            # runs stand, the execution did not end well.
+            reason = reply.broken or (
+                "the sandbox passed its deadline" if killed else "the sandbox ended early"
+            )
+            log.warning("container %s: %s after its last run", container.id[:12], reason)
+            result.status = "error"
+            result.stderr += f"\n[executor] {reason} after the program's last run\n"
+        if request.outputs:
+            complete = [f for f in reply.files if len(f.data) == f.size]
+            result.files = [
+                OutputFile(f.path, f.size, base64.b64encode(bytes(f.data)).decode("ascii"))
+                for f in complete
+            ]
+            result.files_truncated = final.files_truncated if final is not None else True
+        result.finished_at = iso()
+        return result
+
+    def _runs(
+        self,
+        container: Container,
+        request: RunRequest,
+        reply: Reply,
+        killed: bool,
+        measured_ms: int,
+        cancelled: bool = False,
+    ) -> tuple[list[CaseResult], int | None]:
+        """One result per run (each test case, or the one run): reported, cut short by the
+        end of the sandbox, or never started because of it; and the first case that a fresh
+        sandbox may still run (see `resume_at`)."""
+        language = container.language
+        cases = request.tests or (TestCase(),)
+        runs: list[CaseResult] = []
+        ended = False  # the sandbox ended in a run: the runs after it never started
+        resume_at = None
+        for index, case in enumerate(cases):
+            got = reply.cases[index] if index < len(reply.cases) else None
+            if got is not None and got.step is not None:
+                step = got.step
+                stdout, stderr = reply.case_text(got, b"O"), reply.case_text(got, b"E")
+                run = CaseResult(
+                    status=run_status(language, step, stderr),
+                    exit_code=step.exit_code,
+                    signal=step.signal,
+                    stdout=stdout,
+                    stderr=stderr,
+                    stdout_truncated=step.stdout_bytes > len(got.streams[b"O"]),
+                    stderr_truncated=step.stderr_bytes > len(got.streams[b"E"]),
+                    duration_ms=step.duration_ms,
+                    usage=Usage(step.usage.cpu_ms, step.usage.memory_bytes),
+                    passed=None,
+                )
+            elif not ended:
+                spent = sum(r.duration_ms for r in runs)
+                run = self._cut_short(
+                    container, request, reply, got, killed, measured_ms - spent, cancelled
+                )
+                ended = True
+                if run.status == "memory_limit" and index + 1 < len(cases):
+                    resume_at = index + 1
+            else:
+                run = NOT_RUN
+            if case.expected_stdout is not None:
+                run = replace(run, passed=same_output(run.stdout, case.expected_stdout))
+            runs.append(run)
+        return runs, resume_at
+
+    def _cut_short(
+        self,
+        container: Container,
+        request: RunRequest,
+        reply: Reply,
+        got: CaseReply | None,
+        killed: bool,
+        measured_ms: int,
+        cancelled: bool = False,
+    ) -> CaseResult:
+        """The run the sandbox ended in: no report of it, or none that can be trusted."""
+        stdout = reply.case_text(got, b"O") if got is not None else ""
+        stderr = reply.case_text(got, b"E") if got is not None else ""
+        usage = Usage()
+        if cancelled:  # DELETE or a Celery revoke: the container was killed on purpose
+            status, exit_code, sig = "cancelled", None, "SIGKILL"
+        elif killed:
+            status, exit_code, sig = "timeout", None, "SIGKILL"
         elif reply.broken:
             status, exit_code, sig = "error", None, "SIGKILL"
             stderr += f"\n[executor] {reply.broken}; the sandbox was killed\n"
             log.warning("container %s: %s", container.id[:12], reply.broken)
-        elif final is None:
+        else:
             # The runner died before reporting: the OOM killer took it (under gVisor it takes
             # the whole sandbox), or the sandbox's runtime failed.
             # The engine records an OOM kill as it happens, and forgets it when it removes the
@@ -308,6 +437,8 @@ class Sandbox:
                 sig = _signal_name(code - 128)
             if oom or self.engine.oom_killed(container.id):
                 status, sig = "memory_limit", "SIGKILL"
+                # No report: the peak is the limit the kernel held it to.
+                usage = Usage(memory_bytes=request.limits.memory_mb * 1024 * 1024)
             else:
                 stderr += "\n[executor] the sandbox ended without reporting a result\n"
             log.warning(
@@ -316,33 +447,18 @@ class Sandbox:
                 code,
                 bytes(reply.diagnostics[:500]).decode("utf-8", "replace"),
             )
-        elif run is None:
-            status = "compile_error"
-        elif run.timed_out:
-            status = "timeout"
-        elif run.oom or _runtime_out_of_memory(language, run, stderr):
-            status = "memory_limit"
-        elif exit_code == 0:
-            status = "success"
-        else:
-            status = "error"
-        ran = final is None or run is not None
-        return RunResult(
+        cap = self.settings.max_output_bytes
+        return CaseResult(
             status=status,
-            exit_code=exit_code if ran else None,
-            signal=sig if ran else None,
-            stdout=reply.text(b"O"),
+            exit_code=exit_code,
+            signal=sig,
+            stdout=stdout,
             stderr=stderr,
-            stdout_truncated=_written(run, "stdout_bytes", reply.streams[b"O"]) > cap,
-            stderr_truncated=_written(run, "stderr_bytes", reply.streams[b"E"]) > cap,
-            duration_ms=duration_ms if ran else 0,
-            language=language.name,
-            image=f"{language.image}@{container.image_id}",
-            limits=request.limits,
-            compile=compile_step,
-            started_at=started_at,
-            finished_at=iso(),
-            container_id=container.id,
+            stdout_truncated=got is not None and len(got.streams[b"O"]) >= cap,
+            stderr_truncated=got is not None and len(got.streams[b"E"]) >= cap,
+            duration_ms=max(0, measured_ms),
+            usage=usage,
+            passed=None,
         )
 
 
@@ -352,21 +468,9 @@ def _no_stop(stop: Callable[[], None]) -> Iterator[None]:
 
 
 def _reported_ms(reply: Reply) -> int:
-    """The build's and the run's time as the runner reported them (0 without a report)."""
-    final = reply.final
-    if final is None:
-        return 0
-    steps = (final.compile, final.run)
+    """The build's and the runs' time as the runner reported them (0 without a report)."""
+    steps = [reply.build_step, *(case.step for case in reply.cases)]
     return sum(step.duration_ms for step in steps if step is not None)
-
-
-def _runtime_out_of_memory(language: Language, run: Step, stderr: str) -> bool:
-    """The runtime's own heap limit (set from memory_mb) ended the program: it failed, and the
-    end of its stderr carries the runtime's out-of-memory message."""
-    if run.exit_code == 0 or not language.oom_markers:
-        return False
-    tail = stderr[-4096:]
-    return any(marker in tail for marker in language.oom_markers)
 
 
 def _signal_name(number: int) -> str:
@@ -374,11 +478,6 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"SIG{number}"
-
-
-def _written(run: Step | None, key: str, kept: bytearray) -> int:
-    """Bytes the program wrote to a stream, as far as we can tell."""
-    return int(getattr(run, key)) if run is not None else len(kept)
 
 
 def default_limits(settings: Settings) -> Limits:

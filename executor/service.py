@@ -17,10 +17,11 @@ from executor.config import Settings
 from executor.engine import Engine
 from executor.errors import ContainerLost, InvalidRequest
 from executor.languages import languages
-from executor.models import RunRequest, RunResult
+from executor.models import Language, RunRequest, RunResult
 from executor.pool import Profile, WarmPool
 from executor.protocol import OutputSink
 from executor.reaper import Reaper
+from executor.results import resumed
 from executor.sandbox import Container, Events, Sandbox
 
 log = logging.getLogger(__name__)
@@ -118,14 +119,42 @@ class ExecutionService:
             language = replace(language, image=request.image)  # cold: the pool holds defaults
         else:
             warm = self.pool.take(language, limits.memory_mb, limits.cpus)
+        result = None
         if warm is not None:
             try:
-                return self._execute(warm, request, execution_id, cancel, output, warm=True)
+                result = self._execute(warm, request, execution_id, cancel, output, warm=True)
             except ContainerLost as e:
                 # Nothing of the program ran: a fresh container may take it.
                 log.warning("execution %s: warm container lost (%s); going cold", execution_id, e)
-        cold = self.sandbox.prepare(language, limits.memory_mb, limits.cpus, execution_id)
-        return self._execute(cold, request, execution_id, cancel, output, warm=False)
+        if result is None:
+            cold = self.sandbox.prepare(language, limits.memory_mb, limits.cpus, execution_id)
+            result = self._execute(cold, request, execution_id, cancel, output, warm=False)
+        return self._resume(language, request, execution_id, result, cancel, output)
+
+    def _resume(
+        self,
+        language: Language,
+        request: RunRequest,
+        execution_id: str,
+        result: RunResult,
+        cancel: CancelToken | None,
+        output: OutputSink | None,
+    ) -> RunResult:
+        """Run the test cases a sandbox's end left unrun in fresh sandboxes, one case's memory
+        kill at a time: under gVisor it ends the whole sandbox, and the other cases still run.
+        Each resumption runs at least one case more, so this ends."""
+        limits = request.limits
+        while result.resume_at is not None and not (cancel is not None and cancel.is_set()):
+            at = result.resume_at
+            log.info(
+                "execution %s: the sandbox ended at a test case; resuming at %d", execution_id, at
+            )
+            rest = replace(request, tests=request.tests[at:])
+            fresh = self.sandbox.prepare(language, limits.memory_mb, limits.cpus, execution_id)
+            result = resumed(
+                result, self._execute(fresh, rest, execution_id, cancel, output, warm=False)
+            )
+        return result
 
     def _execute(
         self,

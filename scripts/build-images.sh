@@ -11,6 +11,9 @@
 #               example python-data) from images/language/Dockerfile: the same base, the
 #               language's Debian packages, the sandbox image's runner. With MISSING_ONLY=1,
 #               only the images that do not exist yet. BUILD_JOBS builds at once (default 2).
+#               LANGUAGES (e.g. c,python-data) builds only those; IMAGE_TAG tags each image
+#               NAME:IMAGE_TAG instead of the registry's tag (a test build beside the real
+#               ones: give them to the service with EXECUTOR_IMAGES, e.g. c=executor-c:TAG).
 #   wheelhouse  wheelhouse/: the wheels of requirements.txt for the base image's interpreter,
 #               made on the host with .venv's pip (pip cannot reach an index inside a build
 #               everywhere), resolved with the image's environment markers, not the host's.
@@ -20,7 +23,7 @@
 # Environment: BASE_IMAGE (python:3.11-slim), EXECUTOR_PYTHON_IMAGE (executor-python:3.11),
 # SERVICE_IMAGE (executor-service:latest), PULL_TIMEOUT (seconds, 60), DEBIAN_MIRROR (read
 # from apt's sources on Debian, else http://deb.debian.org/debian), RUN_DIR (.run), PYTHON
-# (python3, reads the language registry), MISSING_ONLY, BUILD_JOBS.
+# (python3, reads the language registry), MISSING_ONLY, BUILD_JOBS, LANGUAGES, IMAGE_TAG.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -137,6 +140,12 @@ build_languages() {
 		die "could not read the language registry (executor/languages.py)"
 	local -a pids=() names=()
 	while IFS=$'\t' read -r name image packages setup; do
+		if [[ -n ${LANGUAGES:-} && " ${LANGUAGES//,/ } " != *" $name "* ]]; then
+			continue
+		fi
+		if [[ -n ${IMAGE_TAG:-} ]]; then
+			image=${image%%:*}:$IMAGE_TAG
+		fi
 		if [[ ${MISSING_ONLY:-0} == 1 ]] && docker image inspect "$image" >/dev/null 2>&1; then
 			continue
 		fi

@@ -24,6 +24,7 @@ import docker
 import pytest
 
 from executor.config import Settings
+from executor.languages import REGISTRY
 from executor.policy import SANDBOX_LABEL_FILTER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,12 +36,30 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # (setdefault: this module may be imported twice, as conftest and as tests.conftest.)
 PROXY_TOKEN = os.environ.setdefault("EXECUTOR_PROXY_TOKEN", secrets.token_urlsafe(24))
 # The operator-approved example image (built by `make images`), for the session's proxy, workers
-# and APIs alike, as an operator would set it for all of them.
-APPROVED_IMAGE = "executor-python-data:3.11"
+# and APIs alike, as an operator would set it for all of them (the branch's own, see below).
+APPROVED_IMAGE = f"executor-python-data:{os.environ.get('EXECUTOR_TEST_IMAGE_TAG') or '3.11'}"
 # An approved image no engine has (a worker with it as a language's image does not serve it).
 MISSING_IMAGE = "executor-python:absent"
-os.environ.setdefault("EXECUTOR_IMAGES", f"python={APPROVED_IMAGE},python={MISSING_IMAGE}")
+# A branch's own language images, built beside the shared ones with
+# `IMAGE_TAG=<tag> scripts/build-images.sh languages`: with EXECUTOR_TEST_IMAGE_TAG=<tag> the
+# tests that run other languages name them (`language_image`), approved as an operator would.
+TEST_IMAGE_TAG = os.environ.get("EXECUTOR_TEST_IMAGE_TAG", "")
+_TAGGED = "".join(
+    f",{lang.name}={lang.image.partition(':')[0]}:{TEST_IMAGE_TAG}"
+    for lang in REGISTRY
+    if TEST_IMAGE_TAG and lang.name != "python"
+)
+os.environ.setdefault("EXECUTOR_IMAGES", f"python={APPROVED_IMAGE},python={MISSING_IMAGE}{_TAGGED}")
 UNAPPROVED_IMAGE = "executor-python:unapproved"  # never in any allowlist
+
+
+def language_image(language: str) -> str | None:
+    """The image a test names for `language`: the branch's own (EXECUTOR_TEST_IMAGE_TAG), or
+    None for the language's default."""
+    if not TEST_IMAGE_TAG or language == "python":
+        return None
+    image = next(lang.image for lang in REGISTRY if lang.name == language)
+    return f"{image.partition(':')[0]}:{TEST_IMAGE_TAG}"
 
 
 def missing(what: str) -> None:
@@ -161,6 +180,8 @@ def settings(docker_host: str) -> Settings:
             "EXECUTOR_PROXY_TOKEN": PROXY_TOKEN,
             # The image under test (the proxy, started with this environment, allows it).
             "EXECUTOR_PYTHON_IMAGE": os.environ.get("EXECUTOR_PYTHON_IMAGE", ""),
+            # The approved images, as the session's proxy and workers have them.
+            "EXECUTOR_IMAGES": os.environ["EXECUTOR_IMAGES"],
         }
     )
     # EXECUTOR_TEST_RUNTIME=runsc runs the sandbox tests under gVisor (`make test` does, for

@@ -9,6 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema
 
+from executor.budget import run_seconds
 from executor.errors import ExecutionFinished, ExecutionNotFound, error_for
 from executor.languages import languages
 from executor.models import RunRequest
@@ -135,7 +136,8 @@ def blueprint(request_schema: type[RequestSchema]) -> Blueprint:
                 return events.response(ctx, execution_id)
             language = languages(ctx.settings).get(run.language)
             build = language.compile_timeout if language is not None and language.compiled else 0
-            budget = run.limits.timeout + build + ctx.settings.queue_grace_s
+            runs = max(1, len(run.tests))
+            budget = run_seconds(run.limits.timeout, runs, build) + ctx.settings.queue_grace_s
             payload = submissions.wait(ctx, execution_id, budget)
             if payload is not None:
                 return finished(payload, as_error=True)

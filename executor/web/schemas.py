@@ -14,7 +14,7 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
-from executor.history import HIDDEN
+from executor.history import HIDDEN, STEP_OUTPUT
 from executor.models import FINISHED
 
 
@@ -35,11 +35,41 @@ class LimitsSchema(Schema):
     tmpfs_mb = _always(fields.Integer)
 
 
+class UsageSchema(Schema):
+    cpu_ms = _always(fields.Integer, metadata=_doc("CPU time, user + system, with children."))
+    memory_bytes = _always(fields.Integer, metadata=_doc("Peak resident memory."))
+
+
+_USAGE = _doc("Measured by the kernel.")
+
+
 class StepSchema(Schema):
     exit_code = _always(fields.Integer, allow_none=True)
     stdout = _always(fields.String)
     stderr = _always(fields.String)
     duration_ms = _always(fields.Integer)
+    usage = _always(fields.Nested, UsageSchema, metadata=_USAGE)
+
+
+class TestCaseResultSchema(Schema):
+    status = _always(fields.String, validate=validate.OneOf(FINISHED[:-1]))
+    exit_code = _always(fields.Integer, allow_none=True)
+    signal = _always(fields.String, allow_none=True)
+    stdout = _always(fields.String)
+    stderr = _always(fields.String)
+    stdout_truncated = _always(fields.Boolean)
+    stderr_truncated = _always(fields.Boolean)
+    duration_ms = _always(fields.Integer)
+    usage = _always(fields.Nested, UsageSchema, metadata=_USAGE)
+    passed = _always(
+        fields.Boolean, allow_none=True, metadata=_doc("Null without an expected_stdout.")
+    )
+
+
+class OutputFileSchema(Schema):
+    path = _always(fields.String, metadata=_doc("Relative to the working directory."))
+    size = _always(fields.Integer)
+    content_base64 = _always(fields.String)
 
 
 _TIME = _doc("ISO 8601, UTC.")
@@ -57,7 +87,24 @@ class ExecutionResultSchema(Schema):
     stderr = _always(fields.String)
     stdout_truncated = _always(fields.Boolean)
     stderr_truncated = _always(fields.Boolean)
-    duration_ms = _always(fields.Integer, metadata=_doc("Wall time of the program itself."))
+    duration_ms = _always(
+        fields.Integer, metadata=_doc("Wall time of the program itself (of all its test cases).")
+    )
+    usage = _always(
+        fields.Nested,
+        UsageSchema,
+        metadata=_doc("Of the program (all test cases: CPU summed, the largest peak)."),
+    )
+    tests = fields.List(
+        fields.Nested(TestCaseResultSchema),
+        metadata=_doc("With tests: one result per case, in order."),
+    )
+    passed = fields.Integer(metadata=_doc("With tests: the cases whose stdout was expected."))
+    failed = fields.Integer(metadata=_doc("With tests: the cases whose stdout was not."))
+    files = fields.List(
+        fields.Nested(OutputFileSchema), metadata=_doc("With outputs: the files matched.")
+    )
+    files_truncated = fields.Boolean(metadata=_doc("With outputs: a cap left files out."))
     queued_ms = _always(
         fields.Integer,
         metadata=_doc(
@@ -211,6 +258,16 @@ class StatusSchema(Schema):
 _HISTORY_STATUSES = ("queued", "running", *FINISHED)
 
 
+def _without_output(schema: type[Schema], name: str) -> type[Schema]:
+    """`schema` without STEP_OUTPUT, as a history item holds a build or a test case."""
+    kept = {
+        field_name: copy.copy(declared)
+        for field_name, declared in schema._declared_fields.items()
+        if field_name not in STEP_OUTPUT
+    }
+    return Schema.from_dict(kept, name=name)
+
+
 def _history_item_fields() -> dict[str, fields.Field[Any]]:
     """A result's fields but its output (executor.history.HIDDEN), none of them required: an
     item is a result, an ExecutionFailed body, or the state of a pending execution."""
@@ -220,6 +277,12 @@ def _history_item_fields() -> dict[str, fields.Field[Any]]:
             field = copy.copy(declared)
             field.required = False
             item[name] = field
+    item["compile"] = fields.Nested(
+        _without_output(StepSchema, "HistoryStepSchema"), allow_none=True
+    )
+    item["tests"] = fields.List(
+        fields.Nested(_without_output(TestCaseResultSchema, "HistoryTestCaseSchema"))
+    )
     item["status"] = _always(fields.String, validate=validate.OneOf(_HISTORY_STATUSES))
     item["code"] = fields.String(metadata=_doc("internal_error: the error's code."))
     item["message"] = fields.String(metadata=_doc("internal_error: what went wrong."))

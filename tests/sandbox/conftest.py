@@ -12,7 +12,7 @@ from executor.models import File, Limits, RunRequest, RunResult
 from executor.policy import LABEL_WORKER
 from executor.sandbox import default_limits
 from executor.service import ExecutionService
-from tests.conftest import wait_gone
+from tests.conftest import language_image, wait_gone
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,8 @@ def run(service: ExecutionService, raw_docker: docker.DockerClient) -> Iterator[
     def _run(code: str, *, files: tuple[File, ...] = (), **fields: Any) -> RunResult:
         limit_fields = {k: fields.pop(k) for k in ("timeout", "memory_mb", "cpus") if k in fields}
         limits: Limits = replace(default_limits(service.settings), **limit_fields)
+        if "image" not in fields:  # the branch's own image of the language, if it has one
+            fields["image"] = language_image(fields.get("language", "python"))
         request = RunRequest(code=code, limits=limits, files=files, **fields)
         return service.run(request, "00000000-0000-4000-8000-000000000000")
 

@@ -16,6 +16,7 @@ import requests
 
 from executor.config import Settings
 from executor.request_schema import max_body_bytes
+from tests.conftest import language_image
 from tests.service.conftest import post, wait_until
 
 pytestmark = [pytest.mark.service, pytest.mark.docker]
@@ -153,7 +154,10 @@ def test_every_language_runs_end_to_end(api: str):
         "java": "class Main { public static void main(String[] a) { System.out.println(6 * 7); } }",
     }
     for language, code in programs.items():
-        response = post(f"{api}/execute", {"code": code, "language": language})
+        body = {"code": code, "language": language}
+        if language_image(language):  # the branch's own images (EXECUTOR_TEST_IMAGE_TAG)
+            body["image"] = language_image(language)
+        response = post(f"{api}/execute", body)
         assert response.status_code == 200, response.text
         body = response.json()
         assert (body["status"], body["stdout"], body["language"]) == ("success", "42\n", language)

@@ -49,6 +49,8 @@ def test_every_documented_reply_matches_real_answers(main_redis: str, api: str):
         return body
 
     result = answer("ExecutionResult", post(f"{api}/execute", {"code": "print(1)"}), 200)
+    with_all = {"code": "open('a', 'w')", "tests": [{"stdin": ""}], "outputs": ["a"]}
+    answer("ExecutionResult", post(f"{api}/execute", with_all), 200)  # tests, files, usage
     answer("ExecutionResult", requests.get(f"{api}/executions/{result['id']}", timeout=10), 200)
     queued = answer("ExecutionPending", post(f"{api}/executions", {"code": "print(2)"}), 202)
     late = requests.get(f"{api}/executions/{queued['id']}", timeout=10)

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from executor.protocol import RESULT_MAX, MalformedResult, Reply, parse_final
+from executor.protocol import RESULT_MAX, MalformedResult, Reply, parse_final, parse_step
 
 STEP = {
     "exit_code": 0,
@@ -17,12 +17,20 @@ STEP = {
     "duration_ms": 12,
     "stdout_bytes": 3,
     "stderr_bytes": 0,
+    "usage": {"cpu_ms": 5, "memory_bytes": 9000000},
 }
+FINAL = json.dumps({"files_truncated": False}).encode()
 
 
 def result(**changes: object) -> bytes:
-    body: dict[str, object] = {"compile": None, **STEP, **changes}
+    """A case's step (b"T")."""
+    body: dict[str, object] = {**STEP, **changes}
     return json.dumps(body).encode()
+
+
+def run(*output: bytes, step: bytes | None = None, index: int = 0) -> bytes:
+    """The frames of one whole run: its start, its output, its end."""
+    return frame(b"c", b"%d" % index) + b"".join(output) + frame(b"T", step or result())
 
 
 def docker(data: bytes, stream: int = 1) -> bytes:
@@ -40,12 +48,11 @@ def reply_of(*frames: bytes, cap: int = 1024) -> Reply:
 
 
 def test_the_runners_own_result_is_read():
-    final = parse_final(result())
-    assert final.compile is None and final.run is not None
-    assert (final.run.exit_code, final.run.duration_ms) == (0, 12)
-    build = {**STEP, "exit_code": 1, "stdout_bytes": 0}
-    failed = parse_final(json.dumps({"compile": build}).encode())
-    assert failed.run is None and failed.compile is not None
+    step = parse_step(result())
+    assert (step.exit_code, step.duration_ms, step.usage.cpu_ms) == (0, 12, 5)
+    assert step.usage.memory_bytes == 9000000
+    assert not parse_final(FINAL).files_truncated
+    assert parse_final(json.dumps({"files_truncated": True}).encode()).files_truncated
 
 
 @pytest.mark.parametrize(
@@ -73,11 +80,13 @@ def test_the_runners_own_result_is_read():
         result(oom="false"),
         result(stdout_bytes=None),
         result(extra=1),
-        json.dumps({k: v for k, v in STEP.items() if k != "oom"} | {"compile": None}).encode(),
-        json.dumps(STEP).encode(),  # no compile key
-        json.dumps({"compile": {**STEP, "exit_code": 1}, **STEP}).encode(),  # ran after failing
-        json.dumps({"compile": "x", **STEP}).encode(),
-        b'{"compile": null, "exit_code": 0, "exit_code": 1}',
+        result(usage=None),
+        result(usage={"cpu_ms": 1}),
+        result(usage={"cpu_ms": -1, "memory_bytes": 0}),
+        result(usage={"cpu_ms": 1, "memory_bytes": 1.5}),
+        result(usage={"cpu_ms": 1, "memory_bytes": 2, "extra": 3}),
+        json.dumps({k: v for k, v in STEP.items() if k != "oom"}).encode(),
+        b'{"exit_code": 0, "exit_code": 1}',
         b"[" * 3000 + b"]" * 3000,
         b"[" * 100000,
         b'{"compile": ' * 500,
@@ -89,11 +98,132 @@ def test_the_runners_own_result_is_read():
         result() + b" trailing",
     ],
 )
+def test_a_malformed_step_is_refused_not_raised(payload):
+    with pytest.raises(MalformedResult):
+        parse_step(payload)
+    reply = reply_of(frame(b"r"), frame(b"a"), frame(b"c", b"0"), frame(b"T", payload[:65536]))
+    assert reply.final is None and reply.broken
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        json.dumps({}).encode(),
+        json.dumps({"files_truncated": 0}).encode(),
+        json.dumps({"files_truncated": False, **STEP}).encode(),
+        json.dumps({"compile": None, "files_truncated": False}).encode(),
+        b'{"files_truncated": false, "files_truncated": false}',
+        result(),
+        b"null",
+    ],
+)
 def test_a_malformed_result_is_refused_not_raised(payload):
     with pytest.raises(MalformedResult):
         parse_final(payload)
-    reply = reply_of(frame(b"r"), frame(b"a"), frame(b"R", payload[:65536]))
+    reply = reply_of(frame(b"r"), frame(b"a"), run(), frame(b"R", payload))
     assert reply.final is None and reply.broken
+
+
+def test_every_case_is_read_with_its_own_output():
+    frames = [frame(b"r"), frame(b"a")]
+    frames += [run(frame(b"O", b"out%d" % i), frame(b"E", b"err"), index=i) for i in range(3)]
+    reply = Reply(1024, cases=3)
+    reply.feed(docker(b"".join([*frames, frame(b"R", FINAL)])))
+    assert reply.final is not None and not reply.broken
+    assert [bytes(c.streams[b"O"]) for c in reply.cases] == [b"out0", b"out1", b"out2"]
+    assert all(c.step is not None for c in reply.cases)
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [run(index=1)],  # a case out of order
+        [run(), run(index=1), run(index=2)],  # more cases than asked for
+        [run(), run()],  # the same case twice
+        [frame(b"c", b"0"), frame(b"c", b"1")],  # a case started before the last ended
+        [frame(b"T", result())],  # a case ended that never started
+        [run(), frame(b"O", b"between")],  # output outside a case
+        [run(), frame(b"o", b"build output after a case")],
+        [frame(b"c", b"00"), frame(b"T", result())],
+        [frame(b"c", b"0"), frame(b"R", FINAL)],  # the result while a case runs
+    ],
+)
+def test_cases_out_of_order_break_the_reply(frames):
+    reply = Reply(1024, cases=2)
+    reply.feed(docker(b"".join([frame(b"r"), frame(b"a"), *frames, frame(b"R", FINAL)])))
+    assert reply.broken and reply.final is None
+
+
+def test_a_result_needs_every_case_unless_the_build_failed():
+    short = reply_of(frame(b"r"), frame(b"a"), frame(b"R", FINAL))
+    assert short.broken and "0 runs of 1" in short.broken
+    build = frame(b"B", result(exit_code=1))
+    failed = reply_of(frame(b"r"), frame(b"a"), frame(b"o", b"x"), build, frame(b"R", FINAL))
+    assert failed.final is not None and not failed.broken and failed.cases == []
+    assert failed.build_step is not None and failed.build_step.exit_code == 1
+    ran_anyway = reply_of(frame(b"r"), frame(b"a"), build, run(), frame(b"R", FINAL))
+    assert ran_anyway.broken
+    built = reply_of(frame(b"r"), frame(b"a"), frame(b"B", result()), run(), frame(b"R", FINAL))
+    assert built.final is not None and not built.broken
+    assert reply_of(frame(b"r"), frame(b"a"), run(), frame(b"B", result())).broken  # too late
+    twice = reply_of(frame(b"r"), frame(b"a"), frame(b"B", result()), frame(b"B", result()))
+    assert twice.broken
+    late_output = reply_of(frame(b"r"), frame(b"a"), frame(b"B", result()), frame(b"o", b"x"))
+    assert late_output.broken
+
+
+def files_reply(*frames: bytes, max_files: int = 2, max_bytes: int = 100) -> Reply:
+    reply = Reply(1024, max_files=max_files, max_files_bytes=max_bytes)
+    reply.feed(docker(b"".join([frame(b"r"), frame(b"a"), run(), *frames, frame(b"R", FINAL)])))
+    return reply
+
+
+def test_files_are_read_within_their_caps():
+    reply = files_reply(
+        frame(b"F", b"5 out/a.bin"), frame(b"D", b"\x00\x01"), frame(b"D", b"\xff\xfe\n"),
+        frame(b"F", b"0 empty"),
+    )  # fmt: skip
+    assert reply.final is not None and not reply.broken
+    assert [(f.path, f.size, bytes(f.data)) for f in reply.files] == [
+        ("out/a.bin", 5, b"\x00\x01\xff\xfe\n"),
+        ("empty", 0, b""),
+    ]
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [frame(b"F", b"1 %s" % n) + frame(b"D", b"x") for n in (b"a", b"b", b"c")],  # 3 files
+        [frame(b"F", b"101 big"), frame(b"D", b"x" * 101)],  # more bytes than allowed
+        [frame(b"F", b"60 a"), frame(b"D", b"x" * 60), frame(b"F", b"60 b")],  # in total
+        [frame(b"F", b"2 a"), frame(b"D", b"xyz")],  # more content than announced
+        [frame(b"F", b"3 a"), frame(b"D", b"xy")],  # less (then the result)
+        [frame(b"D", b"x")],  # content without a file
+        [frame(b"F", b"1 a"), frame(b"D", b"")],
+        [frame(b"F", b"1 /etc/passwd"), frame(b"D", b"x")],
+        [frame(b"F", b"1 ../x"), frame(b"D", b"x")],
+        [frame(b"F", b"1 a/../../x"), frame(b"D", b"x")],
+        [frame(b"F", b"1 a//b"), frame(b"D", b"x")],
+        [frame(b"F", b"1 ./a"), frame(b"D", b"x")],
+        [frame(b"F", b"1 a\nb"), frame(b"D", b"x")],
+        [frame(b"F", b"1 \xff"), frame(b"D", b"x")],
+        [frame(b"F", b"1 "), frame(b"D", b"x")],
+        [frame(b"F", b"x a")],
+        [frame(b"F", b"-1 a")],
+        [frame(b"F", b"1a")],
+        [frame(b"F", b"0 a"), frame(b"F", b"0 a")],  # twice
+        [frame(b"F", b"0 a"), run(index=0)],  # a case after the files
+    ],
+)
+def test_files_beyond_their_caps_or_the_protocol_break_the_reply(frames):
+    reply = files_reply(*frames)
+    assert reply.broken and reply.final is None
+    assert sum(len(f.data) for f in reply.files) <= 100
+
+
+def test_files_nobody_asked_for_break_the_reply():
+    reply = files_reply(frame(b"F", b"0 a"), max_files=0, max_bytes=0)
+    assert reply.broken
 
 
 def test_frames_out_of_order_break_the_reply():
@@ -103,11 +233,12 @@ def test_frames_out_of_order_break_the_reply():
     assert reply_of(frame(b"r"), frame(b"r")).broken
     assert reply_of(frame(b"r"), frame(b"a"), frame(b"a")).broken
     assert reply_of(frame(b"r"), frame(b"a"), frame(b"X")).broken
+    assert reply_of(frame(b"r"), frame(b"a"), frame(b"O", b"outside a case")).broken
     assert reply_of(frame(b"r", b"x")).broken  # the ready frame is empty
 
 
 def test_data_after_the_result_breaks_the_reply():
-    reply = reply_of(frame(b"r"), frame(b"a"), frame(b"R", result()))
+    reply = reply_of(frame(b"r"), frame(b"a"), run(), frame(b"R", FINAL))
     assert reply.final is not None and not reply.broken
     reply.feed(docker(frame(b"O", b"late")))
     assert reply.broken
@@ -121,10 +252,10 @@ def test_an_oversized_frame_is_refused_before_it_is_buffered():
 
 def test_output_is_kept_up_to_the_cap_and_the_whole_reply_is_bounded():
     chunk = frame(b"O", b"x" * 60000)
-    reply = reply_of(frame(b"r"), frame(b"a"), chunk, chunk, cap=1000)
-    assert len(reply.streams[b"O"]) == 1000 and not reply.broken
+    reply = reply_of(frame(b"r"), frame(b"a"), frame(b"c", b"0"), chunk, chunk, cap=1000)
+    assert len(reply.cases[0].streams[b"O"]) == 1000 and not reply.broken
     flood = Reply(1000)
-    flood.feed(docker(frame(b"r") + frame(b"a")))
+    flood.feed(docker(frame(b"r") + frame(b"a") + frame(b"c", b"0")))
     for _ in range(40):
         flood.feed(docker(chunk))
     assert flood.broken == "the sandbox sent more than its output limits allow"
@@ -137,8 +268,17 @@ def test_an_unknown_docker_stream_breaks_the_reply():
 
 
 def test_a_ready_frame_split_across_reads_is_read():
-    data = docker(frame(b"r") + frame(b"a") + frame(b"O", b"hello") + frame(b"R", result()))
+    data = docker(frame(b"r") + frame(b"a") + run(frame(b"O", b"hello")) + frame(b"R", FINAL))
     reply = Reply(100)
     for i in range(len(data)):
         reply.feed(data[i : i + 1])
-    assert reply.final is not None and bytes(reply.streams[b"O"]) == b"hello"
+    assert reply.final is not None and bytes(reply.cases[0].streams[b"O"]) == b"hello"
+
+
+def test_the_cases_output_is_kept_within_its_total():
+    reply = Reply(100, cases=3, cases_output=150)
+    data = frame(b"r") + frame(b"a")
+    data += b"".join(run(frame(b"O", b"x" * 80), index=i) for i in range(3))
+    reply.feed(docker(data + frame(b"R", FINAL)))
+    assert reply.final is not None and not reply.broken
+    assert [len(c.streams[b"O"]) for c in reply.cases] == [80, 70, 0]

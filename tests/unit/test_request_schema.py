@@ -7,13 +7,15 @@ from typing import Any
 
 import pytest
 
+from executor.budget import MAX_TESTS
 from executor.config import Settings
 from executor.errors import InvalidRequest
-from executor.models import File, Limits
+from executor.models import File, Limits, TestCase
 from executor.request_schema import (
     MAX_ARG_BYTES,
     MAX_ARGS,
     MAX_FILES,
+    MAX_OUTPUTS,
     RequestSchema,
     max_body_bytes,
     parse_request,
@@ -204,3 +206,73 @@ def test_a_loaded_request_dumps_to_a_payload_that_loads_the_same():
         SCHEMA, {"code": "x", "args": ["a"], "files": [{"path": "p", "content": "c"}]}
     )
     assert parse_request(SCHEMA, SCHEMA.dump(request)) == request
+
+
+def test_test_cases_and_outputs_are_read():
+    request = parse_request(
+        SCHEMA,
+        {
+            "code": "x",
+            "args": ["default"],
+            "tests": [{"stdin": "1"}, {"stdin": "2", "args": [], "expected_stdout": "4\n"}],
+            "outputs": ["*.png", "out/**/*.csv"],
+        },
+    )
+    assert request.tests == (
+        TestCase(stdin="1"),
+        TestCase(stdin="2", args=(), expected_stdout="4\n"),
+    )
+    assert request.outputs == ("*.png", "out/**/*.csv")
+    assert parse_request(SCHEMA, SCHEMA.dump(request)) == request
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"tests": [{"stdin": ""}] * (MAX_TESTS + 1)}, "tests"),
+        ({"tests": "1"}, "tests"),
+        ({"tests": [1]}, "tests"),
+        ({"tests": [{"stdin": 1}]}, "tests"),
+        ({"tests": [{"stdin": "x" * (SETTINGS.max_stdin_bytes + 1)}]}, "tests"),
+        ({"tests": [{"args": ["a\x00b"]}]}, "tests"),
+        ({"tests": [{"args": ["a"] * (MAX_ARGS + 1)}]}, "tests"),
+        ({"tests": [{"args": ["a" * (MAX_ARG_BYTES + 1)]}]}, "tests"),
+        ({"tests": [{"expected_stdout": 3}]}, "tests"),
+        ({"tests": [{"stdin": "", "bogus": 1}]}, "tests"),
+        ({"outputs": ["/etc/passwd"]}, "outputs"),
+        ({"outputs": ["../x"]}, "outputs"),
+        ({"outputs": ["a/../../x"]}, "outputs"),
+        ({"outputs": ["a/.."]}, "outputs"),
+        ({"outputs": [""]}, "outputs"),
+        ({"outputs": ["a\\b"]}, "outputs"),
+        ({"outputs": ["*"] * (MAX_OUTPUTS + 1)}, "outputs"),
+        ({"outputs": "*"}, "outputs"),
+    ],
+)
+def test_bad_tests_and_outputs_are_named(payload: dict[str, Any], field: str):
+    assert field in errors_of({"code": "x", **payload})
+
+
+def test_test_cases_are_bounded_in_total():
+    each = SETTINGS.max_stdin_bytes  # every case within its own bound, not all of them together
+    many = [{"stdin": "x" * each} for _ in range(SETTINGS.max_tests_bytes // each + 1)]
+    errors = errors_of({"code": "x", "tests": many})
+    assert "in total" in str(errors["tests"])
+
+
+def test_the_body_limit_covers_the_largest_request_with_tests():
+    import json
+
+    largest = {
+        "code": "\U0001f600" * (SETTINGS.max_code_bytes // 4),
+        "stdin": "\x01" * (SETTINGS.max_stdin_bytes // 6 * 2),
+        "files": [{"path": "f", "content": "x" * SETTINGS.max_files_bytes}],
+        "args": ["a" * MAX_ARG_BYTES] * MAX_ARGS,
+        "tests": [
+            {"stdin": "\x01" * (SETTINGS.max_tests_bytes // MAX_TESTS // 6), "args": [""] * 64}
+        ]
+        * MAX_TESTS,
+        "outputs": ["/".join(["o" * 200] * 5)] * MAX_OUTPUTS,
+    }
+    parse_request(SCHEMA, largest)
+    assert len(json.dumps(largest).encode()) <= max_body_bytes(SETTINGS)
