@@ -23,10 +23,11 @@ def frame(kind: bytes, data: bytes = b"") -> bytes:
 def test_the_reply_hands_each_output_frame_whole_and_in_order():
     seen: list[tuple[bytes, bytes]] = []
     reply = Reply(4, on_output=lambda kind, data: seen.append((kind, data)))
-    reply.feed(frame(b"r") + frame(b"a") + frame(b"O", b"hello") + frame(b"E", b"e"))
-    reply.feed(frame(b"o", b"build") + frame(b"O", b"!"))
-    assert seen == [(b"O", b"hello"), (b"E", b"e"), (b"o", b"build"), (b"O", b"!")]
-    assert bytes(reply.streams[b"O"]) == b"hell"  # the reply's own cap is unchanged
+    reply.feed(frame(b"r") + frame(b"a") + frame(b"o", b"build") + frame(b"c", b"0"))
+    reply.feed(frame(b"O", b"hello") + frame(b"E", b"e") + frame(b"O", b"!"))
+    # The program's output, in order; the build's stays in `compile`.
+    assert seen == [(b"O", b"hello"), (b"E", b"e"), (b"O", b"!")]
+    assert bytes(reply.cases[0].streams[b"O"]) == b"hell"  # the reply's own cap is unchanged
 
 
 class RecordingStreams:
