@@ -3,8 +3,10 @@
 Off by default (an open service). With any key configured (EXECUTOR_API_KEYS,
 EXECUTOR_OPERATOR_KEYS or their *_FILE), every request but OPEN_PATHS needs
 `Authorization: Bearer <key>` (401 otherwise); OPERATOR_PATHS need an operator key (403 for
-another valid key). Keys are kept only as SHA-256 digests and compared with
-`hmac.compare_digest` against every configured digest, so neither timing nor an early exit
+another valid key). A browser opens the operator's page with HTTP Basic instead (any user name,
+the key as the password): that page's 401 asks for Basic, so the browser's own login prompt
+appears. Keys are kept only as SHA-256 digests and compared with `hmac.compare_digest` against
+every configured digest, so neither timing nor an early exit
 tells how close a guess came.
 
 An execution belongs to the key that submitted it: its record holds the key's id (KEY_ID_CHARS
@@ -21,6 +23,8 @@ redis-py speaks through the socket module, which the worker patched before it lo
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import math
@@ -44,6 +48,7 @@ OPERATOR_PREFIXES = ("/dashboard/",)
 KEY_ID_CHARS = 16
 SECURITY_SCHEME = "apiKey"  # the OpenAPI document's name for the Bearer key
 _BEARER = "bearer "
+_BASIC = "basic "
 
 
 def key_id(key: str) -> str:
@@ -141,10 +146,18 @@ def _operator_path(path: str) -> bool:
 
 
 def _presented_key() -> str | None:
+    """The key of `Authorization: Bearer <key>`, or of `Basic` (the password: a browser's)."""
     header = request.headers.get("Authorization", "")
-    if header[: len(_BEARER)].lower() != _BEARER:
-        return None
-    return header[len(_BEARER) :].strip() or None
+    scheme = header[:7].lower()
+    if scheme.startswith(_BEARER):
+        return header[len(_BEARER) :].strip() or None
+    if scheme.startswith(_BASIC):
+        try:
+            decoded = base64.b64decode(header[len(_BASIC) :].strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
 
 
 def install(app: Flask, settings: Settings) -> Limiter | None:

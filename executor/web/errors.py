@@ -12,7 +12,7 @@ import logging
 import re
 from typing import Any
 
-from flask import Response
+from flask import Response, has_request_context, request
 from flask_smorest import Api
 from marshmallow import Schema
 from werkzeug.exceptions import HTTPException
@@ -32,12 +32,21 @@ def reply(
     return Response(text, status=status, headers=headers, mimetype="application/json")
 
 
+def is_page(path: str) -> bool:
+    """Whether `path` is the operator's page, which browsers open (HTTP Basic for them)."""
+    return path == "/" or path.startswith("/dashboard")
+
+
 def error_response(error: ExecutorError, **extra: Any) -> Response:
     headers = {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
     if error.status == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="executor"'
+        # The operator's page is opened by browsers: asking for Basic shows their login prompt.
+        page = has_request_context() and is_page(request.path)
+        headers["WWW-Authenticate"] = (
+            'Basic realm="executor", charset="UTF-8"' if page else 'Bearer realm="executor"'
+        )
     return reply(ErrorSchema, {**error.to_dict(), **extra}, error.status, headers)
 
 

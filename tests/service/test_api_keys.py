@@ -241,3 +241,13 @@ def test_the_limiter_waits_on_redis_without_blocking_its_process(
         assert finished == ["other", "counted"]
     finally:
         process.stop()
+
+
+def test_a_browser_opens_the_operators_page_with_basic_auth(keyed: str):
+    asked = requests.get(f"{keyed}/dashboard", timeout=10)
+    assert asked.status_code == 401
+    assert asked.headers["WWW-Authenticate"].startswith("Basic")  # the browser's own prompt
+    assert requests.get(f"{keyed}/dashboard", auth=("me", ALICE), timeout=10).status_code == 403
+    page = requests.get(f"{keyed}/dashboard", auth=("me", OPERATOR), timeout=30)
+    assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
+    assert requests.get(f"{keyed}/status", auth=("", OPERATOR), timeout=30).status_code == 200
