@@ -79,7 +79,7 @@ def test_exception_in_our_own_code_still_removes_the_container(settings, raw_doc
     svc = ExecutionService(settings)
     try:
 
-        def broken(container, request, cancel=None):
+        def broken(container, request, cancel=None, output=None):
             raise RuntimeError("a bug of ours")
 
         monkeypatch.setattr(svc.sandbox, "execute", broken)

@@ -21,7 +21,7 @@ from tests.service.conftest import AppFactory, Process, flushed, spawn, wait_unt
 pytestmark = [pytest.mark.service]
 
 ALICE, BOB, OPERATOR = "alice-key-0123456789", "bob-key-0123456789", "operator-key-0123456789"
-RATE_DB = 7
+RATE_DB = 4  # see the table in tests/service/conftest.py
 
 
 def auth(key: str) -> dict[str, str]:

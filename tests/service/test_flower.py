@@ -16,7 +16,7 @@ from tests.service.conftest import AppFactory, WorkerFactory, flushed, post, spa
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
-DB = 9
+DB = 6  # see the table in tests/service/conftest.py
 
 
 def test_flower_sees_the_worker_and_its_executor_execute_tasks(

@@ -19,7 +19,7 @@ from tests.service.conftest import flushed, post, wait_until
 
 pytestmark = [pytest.mark.service]
 
-DB = 8
+DB = 5  # see the table in tests/service/conftest.py
 
 
 @pytest.fixture

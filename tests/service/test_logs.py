@@ -18,7 +18,7 @@ from tests.service.conftest import WorkerFactory, flushed, spawn
 
 pytestmark = pytest.mark.service
 
-DB = 10
+DB = 3  # see the table in tests/service/conftest.py
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ def test_a_worker_answers_its_probes_and_shows_its_series(
     start_worker: WorkerFactory, docker_host: str
 ):
     port = free_port()
-    url = flushed(12)
+    url = flushed(2)  # see the table in tests/service/conftest.py
     process = start_worker("pytest-monitored", url, docker_host, EXECUTOR_MONITOR_PORT=str(port))
     base = f"http://127.0.0.1:{port}"
     health = requests.get(f"{base}/healthz", timeout=5)
@@ -37,7 +37,7 @@ def test_a_worker_that_cannot_reach_docker_is_alive_but_not_ready(start_worker: 
     port = free_port()
     dead_docker = f"tcp://127.0.0.1:{free_port()}"
     process = start_worker(
-        "pytest-no-docker", flushed(11), dead_docker, EXECUTOR_MONITOR_PORT=str(port)
+        "pytest-no-docker", flushed(1), dead_docker, EXECUTOR_MONITOR_PORT=str(port)
     )
     base = f"http://127.0.0.1:{port}"
     assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
