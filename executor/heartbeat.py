@@ -21,6 +21,7 @@ from typing import Any
 
 from executor.celery_app import TimeLimits
 from executor.errors import ExecutorError, SandboxError
+from executor.outbox import Outbox
 from executor.store import HEARTBEAT_INTERVAL_S, Store
 
 log = logging.getLogger(__name__)
@@ -141,8 +142,10 @@ class Heartbeat:
         info: Callable[[], dict[str, Any]],
         events: Events,
         backstop: Backstop,
+        outbox: Outbox | None = None,
     ) -> None:
         self.store = store
+        self._outbox = outbox
         self.incarnation = incarnation
         self._info = info
         self._events = events
@@ -182,6 +185,8 @@ class Heartbeat:
         while not self._stopping.wait(HEARTBEAT_INTERVAL_S):
             try:
                 self.beat()
+                if self._outbox is not None and len(self._outbox):
+                    self._outbox.flush()  # results kept while Redis was away
                 self.store.sweep_lost()
                 self._backstop.enforce()
             except ExecutorError as e:

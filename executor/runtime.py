@@ -30,6 +30,7 @@ from executor.errors import ExecutorError, InvalidRequest, SandboxError, error_f
 from executor.heartbeat import Backstop, Events, Heartbeat, PoolStats
 from executor.languages import REGISTRY
 from executor.models import RunRequest, RunResult, iso
+from executor.outbox import Outbox, patiently
 from executor.request_schema import parse_request, request_schema
 from executor.store import Claim, Store
 
@@ -78,8 +79,9 @@ class WorkerRuntime:
         self._started_at = ""
         self.events = Events()
         self.backstop = Backstop(TimeLimits.from_settings(settings), self._fail)
+        self.outbox = Outbox(self.store)
         self.heartbeat = Heartbeat(
-            self.store, self.incarnation, self.info, self.events, self.backstop
+            self.store, self.incarnation, self.info, self.events, self.backstop, self.outbox
         )
         self._pool_stats = PoolStats()
 
@@ -123,6 +125,7 @@ class WorkerRuntime:
             service.stop()
         self._pool_stats.close()
         try:
+            self.outbox.flush()
             self.heartbeat.flush()
             lost = self.store.forget_worker(self.incarnation)
             if lost:
@@ -154,8 +157,12 @@ class WorkerRuntime:
         finishes the record as internal_error and raises the matching ExecutorError.
         """
         service = self.service
-        claim = self.store.claim(
-            execution_id, _language_of(payload), self.incarnation, self.settings.instance
+        # A Redis restart while the message is in hand delays the claim; it does not lose it.
+        claim = patiently(
+            f"execution {execution_id}",
+            lambda: self.store.claim(
+                execution_id, _language_of(payload), self.incarnation, self.settings.instance
+            ),
         )
         if not claim.claimed:
             return self._redelivered(execution_id, claim)
@@ -178,7 +185,7 @@ class WorkerRuntime:
                 self._fail(execution_id, error)
                 raise error from e
             body = self._result_body(execution_id, claim, result)
-            if not self.store.finish(execution_id, self.incarnation, body):
+            if not self.outbox.finish(execution_id, self.incarnation, body):
                 raise self._taken_away(execution_id)
         with self._lock:
             self._processed += 1
@@ -224,7 +231,7 @@ class WorkerRuntime:
         if error.errors:
             body["errors"] = error.errors
         try:
-            self.store.finish(execution_id, self.incarnation, body, counter=counter)
+            self.outbox.finish(execution_id, self.incarnation, body, counter=counter)
         except ExecutorError as e:  # the task still fails with the first error
             log.error("execution %s: could not record its failure: %s", execution_id, e)
 
