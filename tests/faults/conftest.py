@@ -352,3 +352,102 @@ def port_open(port: int) -> bool:
 
 def settle(seconds: float) -> None:
     time.sleep(seconds)
+
+
+class PrivateEngine:
+    """A Docker engine of the test's own (dockerd with its own data root, exec root and
+    containerd, no bridge, no iptables), so that a test may crash and restart it without
+    touching the shared engine. The Python sandbox image is copied in from the shared one."""
+
+    DATA_ROOT = "/var/lib/docker-faults"  # kept between runs: the copied image stays
+    EXEC_ROOT = "/run/docker-faults"
+    SOCKET = "/run/docker-faults.sock"
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.url = f"unix://{self.SOCKET}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        dockerd = shutil.which("dockerd")
+        if dockerd is None or os.geteuid() != 0:
+            missing("a private Docker engine needs dockerd and root")
+        if self.answers():
+            pytest.fail(f"another engine already answers at {self.url}: stop it first")
+        argv = [
+            str(dockerd),
+            "--data-root", self.DATA_ROOT,
+            "--exec-root", self.EXEC_ROOT,
+            "--pidfile", f"{self.EXEC_ROOT}.pid",
+            "-H", self.url,
+            "--bridge", "none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-masq=false",
+        ]  # fmt: skip
+        with open(self.logdir / "dockerd.log", "ab") as log:
+            self.process = subprocess.Popen(
+                argv, stdout=log, stderr=log, start_new_session=True
+            )
+        wait_until("the private engine answering", self.answers, 60, 0.2)
+
+    def answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            log = (self.logdir / "dockerd.log").read_text(errors="replace")[-2000:]
+            missing(f"the private dockerd exited ({self.process.returncode}): {log}")
+        try:
+            client = docker.DockerClient(base_url=self.url, timeout=5)
+        except docker.errors.DockerException:
+            return False
+        try:
+            return bool(client.ping())
+        except Exception:  # not up yet
+            return False
+        finally:
+            client.close()
+
+    def client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.url, timeout=60)
+
+    def load(self, image: str) -> None:
+        """Copy `image` from the shared engine, unless this engine has it already."""
+        with contextlib.closing(self.client()) as client:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.get(image)
+                return
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
+        env = {**os.environ, "DOCKER_HOST": self.url}
+        loaded = subprocess.run(
+            ["docker", "load"], stdin=save.stdout, env=env, capture_output=True, timeout=300
+        )
+        save.wait(60)
+        assert loaded.returncode == 0, loaded.stderr.decode(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop dockerd (SIGKILL: a crash, its containers and containerd left as they are)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def private_engine(tmp_path: Path) -> Iterator[PrivateEngine]:
+    engine = PrivateEngine(tmp_path)
+    engine.start()
+    try:
+        engine.load(os.environ.get("EXECUTOR_PYTHON_IMAGE") or "executor-python:3.11")
+        yield engine
+    finally:
+        with contextlib.suppress(Exception), contextlib.closing(engine.client()) as client:
+            for container in client.api.containers(all=True):
+                client.api.remove_container(container["Id"], force=True)
+        engine.stop()
+        # Its containerd, if a crash left it behind.
+        pidfile = Path(PrivateEngine.EXEC_ROOT) / "containerd" / "containerd.pid"
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
