@@ -80,9 +80,9 @@ class _Cached:
         not be refused for the rest of the cache's life). Concurrent callers share one probe."""
         asked = time.monotonic()
         value = self._value
-        if value is not None and asked - self._at < CACHE_S:
-            if value.ok or not recheck_failure:
-                return value
+        fresh = value is not None and asked - self._at < CACHE_S
+        if value is not None and fresh and (value.ok or not recheck_failure):
+            return value
         with self._lock:
             stale = self._value is None or time.monotonic() - self._at >= CACHE_S
             failed = self._value is not None and not self._value.ok and self._at < asked

@@ -386,9 +386,7 @@ class PrivateEngine:
             "--ip-masq=false",
         ]  # fmt: skip
         with open(self.logdir / "dockerd.log", "ab") as log:
-            self.process = subprocess.Popen(
-                argv, stdout=log, stderr=log, start_new_session=True
-            )
+            self.process = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         wait_until("the private engine answering", self.answers, 60, 0.2)
 
     def answers(self) -> bool:
@@ -411,14 +409,21 @@ class PrivateEngine:
 
     def load(self, image: str) -> None:
         """Copy `image` from the shared engine, unless this engine has it already."""
-        with contextlib.closing(self.client()) as client:
-            with contextlib.suppress(docker.errors.ImageNotFound):
-                client.images.get(image)
-                return
+        with (
+            contextlib.closing(self.client()) as client,
+            contextlib.suppress(docker.errors.ImageNotFound),
+        ):
+            client.images.get(image)
+            return
         save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
         env = {**os.environ, "DOCKER_HOST": self.url}
         loaded = subprocess.run(
-            ["docker", "load"], stdin=save.stdout, env=env, capture_output=True, timeout=300
+            ["docker", "load"],
+            stdin=save.stdout,
+            env=env,
+            capture_output=True,
+            timeout=300,
+            check=False,
         )
         save.wait(60)
         assert loaded.returncode == 0, loaded.stderr.decode(errors="replace")
