@@ -168,6 +168,7 @@ class FaultStack:
         self.proxy: Process | None = None
         self.worker: Process | None = None
         self.api_process: Process | None = None
+        self.processes: list[Process] = []  # every process started, killed by stop()
         self._generation = 0
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -182,9 +183,11 @@ class FaultStack:
             **extra,
         }
 
-    def _log_name(self, what: str) -> str:
+    def _spawn(self, what: str, argv: list[str], env: dict[str, str]) -> Process:
         self._generation += 1
-        return f"{what}-{self._generation}"
+        process = spawn(f"{what}-{self._generation}", argv, env, self.logdir)
+        self.processes.append(process)
+        return process
 
     # -- the processes ---------------------------------------------------------------------
 
@@ -195,7 +198,7 @@ class FaultStack:
             PROXY_AUDIT_LOG=str(self.logdir / "audit.jsonl"),
         )
         argv = [sys.executable, "-m", "executor.proxy"]
-        self.proxy = spawn(self._log_name("proxy"), argv, env, self.logdir)
+        self.proxy = self._spawn("proxy", argv, env)
         proxy = self.proxy
 
         def answers() -> bool:
@@ -220,7 +223,7 @@ class FaultStack:
         }
         argv = [sys.executable, "-m", "celery", "-A", "worker", "worker"]
         argv += ["-n", f"{self.name}@%h", "--loglevel=INFO"]
-        self.worker = spawn(self._log_name("worker"), argv, self.env(**environ), self.logdir)
+        self.worker = self._spawn("worker", argv, self.env(**environ))
         worker = self.worker
 
         def beating() -> bool:
@@ -233,7 +236,7 @@ class FaultStack:
     def start_api(self, **env: str) -> None:
         argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.api_port}", "api:app"]
         environ = self.env(GUNICORN_WORKERS="1", **env)
-        self.api_process = spawn(self._log_name("api"), argv, environ, self.logdir)
+        self.api_process = self._spawn("api", argv, environ)
         api = self.api_process
 
         def answers() -> bool:
@@ -268,11 +271,10 @@ class FaultStack:
         )
 
     def stop(self) -> None:
-        for process in (self.api_process, self.worker, self.proxy):
-            if process is not None:
-                process.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.popen.wait(20)
+        for process in reversed(self.processes):
+            process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.popen.wait(20)
         self.redis.stop()
 
     # -- talking to it ------------------------------------------------------------------------
