@@ -8,7 +8,8 @@
 then throughput at several concurrencies (e against b), the memory of one idle pooled
 container, and the ratios the targets are stated in. First, a row per language (bench/languages.py):
 its naive path against our warm POST /execute, the service's own overhead, and the memory of an
-idle warm container of it. `--only python` or `--only languages` runs one part, `--only baseline`
+idle warm container of it. `--only python` or `--only languages` runs one part (`--only soak`
+the leak watch of bench/soak.py, `--minutes`, `--clients`), `--only baseline`
 just the side-by-side comparison with `--baseline DIR`.
 """
 
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 
 import docker
 
+from bench import soak
 from bench.languages import language_table
 from bench.naive import BENCH_LABEL, naive_run
 from bench.stack import running_stack
@@ -226,11 +228,14 @@ def main() -> int:
     parser.add_argument("--lang-n", type=int, default=10, help="runs per path per language")
     parser.add_argument(
         "--only",
-        choices=["all", "python", "languages", "baseline"],
+        choices=["all", "python", "languages", "baseline", "soak"],
         default="all",
-        help="which part to run (baseline: only the --baseline comparison)",
+        help="which part to run (baseline: only the --baseline comparison; soak: bench.soak)",
     )
+    soak.add_arguments(parser)
     args = parser.parse_args()
+    if args.only == "soak":
+        return soak.run(args, args.redis, args.upstream)
     levels = [int(x) for x in args.levels.split(",")]
     n = args.n
 

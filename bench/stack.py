@@ -12,7 +12,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +63,7 @@ class Stack:
     redis_url: str
     logs: Path
     proxy_token: str
+    pids: dict[str, int] = field(default_factory=dict)  # proxy, worker, api: the main pids
 
 
 @contextlib.contextmanager
@@ -114,7 +115,8 @@ def running_stack(
             if name == "proxy":
                 wait_proxy(f"http://127.0.0.1:{proxy_port}", token, 30, procs)
         wait_http(f"http://127.0.0.1:{api_port}/health", 120, procs)
-        yield Stack(f"http://127.0.0.1:{api_port}", docker_host, redis_url, logs, token)
+        pids = {name: proc.pid for name, proc in zip(commands, procs, strict=True)}
+        yield Stack(f"http://127.0.0.1:{api_port}", docker_host, redis_url, logs, token, pids)
     finally:
         for proc in reversed(procs):
             proc.terminate()
