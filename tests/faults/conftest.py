@@ -417,10 +417,12 @@ class PrivateEngine:
         ):
             client.images.get(image)
             return
-        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        env = {**os.environ, "DOCKER_HOST": self.url}
+        save = subprocess.Popen(
+            ["docker", "-H", DOCKER_SOCKET, "save", image], stdout=subprocess.PIPE
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
         loaded = subprocess.run(
-            ["docker", "load"],
+            ["docker", "-H", self.url, "load"],
             stdin=save.stdout,
             env=env,
             capture_output=True,
