@@ -118,9 +118,10 @@ def running_stack(
         pids = {name: proc.pid for name, proc in zip(commands, procs, strict=True)}
         yield Stack(f"http://127.0.0.1:{api_port}", docker_host, redis_url, logs, token, pids)
     finally:
+        # One after the other, the proxy last: the worker's warm shutdown removes its pool
+        # through the proxy.
         for proc in reversed(procs):
             proc.terminate()
-        for proc in reversed(procs):
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
