@@ -206,7 +206,12 @@ def soak(
             load.join()
             took = time.monotonic() - began
             # What the load leaves once it is over: the records expire, the pool stays.
-            time.sleep(RESULT_TTL_S + 5 if wait_expiry else 2)
+            settled = time.monotonic() + 30  # removals still in flight finish
+            while containers() > POOL_SIZE and time.monotonic() < settled:
+                time.sleep(0.5)
+            time.sleep(
+                max(0.0, RESULT_TTL_S + 5 - (time.monotonic() - took - began)) if wait_expiry else 1
+            )
             last = sample(time.monotonic() - began, load.done())
             first = samples[1] if len(samples) > 2 else samples[0]  # warmed up
             return Report(
