@@ -50,6 +50,8 @@ class RedisServer:
         if not os.path.exists(REDIS_SERVER):
             missing("no redis-server on this host")
         argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1"]
+        # No persistence of its own; a snapshot saved by `restart(keep_data=True)` (SAVE) is
+        # loaded at start, before the first client is served, as a persistent Redis does.
         argv += ["--save", "", "--appendonly", "no", "--dir", str(self.logdir)]
         with open(self.logdir / "redis.log", "ab") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=log)
@@ -74,31 +76,21 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
 
-    def snapshot(self) -> dict[str, tuple[int, bytes]]:
-        """Every key with its remaining time to live, as a persisted Redis would keep them."""
-        client = redis.Redis.from_url(self.url, socket_timeout=5)
-        try:
-            keys = client.keys("*")
-            return {k.decode(): (int(client.pttl(k)), client.dump(k)) for k in keys}
-        finally:
-            client.close()
-
-    def restore(self, snapshot: dict[str, tuple[int, bytes]]) -> None:
-        client = redis.Redis.from_url(self.url, socket_timeout=5)
-        try:
-            for key, (pttl, value) in snapshot.items():
-                if value is not None and pttl != -2:
-                    client.restore(key, max(pttl, 0), value, replace=True)
-        finally:
-            client.close()
-
     def restart(self, down_s: float, keep_data: bool) -> None:
-        """Crash Redis, keep it down for `down_s`, start it again (with its data, or empty)."""
-        snapshot = self.snapshot() if keep_data else {}
+        """Crash Redis, keep it down for `down_s`, start it again: with its data (saved at the
+        moment of the crash, loaded before it serves anyone) or empty."""
+        dump = self.logdir / "dump.rdb"
+        dump.unlink(missing_ok=True)
+        if keep_data:
+            client = redis.Redis.from_url(self.url, socket_timeout=30)
+            try:
+                client.save()
+            finally:
+                client.close()
         self.stop()
         time.sleep(down_s)
         self.start()
-        self.restore(snapshot)
+        dump.unlink(missing_ok=True)
 
 
 class RedisRelay:
@@ -210,7 +202,7 @@ class FaultStack:
                 return False
             return True
 
-        wait_until("the proxy answering", answers, 30)
+        wait_until("the proxy answering", answers, 60)
 
     def start_worker(self, redis_url: str = "", **env: str) -> None:
         """A worker (on `redis_url` if given, else the stack's Redis), once it beats."""
@@ -231,7 +223,7 @@ class FaultStack:
                 raise AssertionError(f"the worker exited:\n{worker.output()[-3000:]}")
             return any(w.get("instance") == self.name for w in self.live_workers())
 
-        wait_until("the worker beating", beating, 90)
+        wait_until("the worker beating", beating, 120)
 
     def start_api(self, **env: str) -> None:
         argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.api_port}", "api:app"]
@@ -246,7 +238,7 @@ class FaultStack:
                 return requests.get(f"{self.api}/health", timeout=5).status_code == 200
             return False
 
-        wait_until("the API healthy", answers, 60)
+        wait_until("the API healthy", answers, 120)
 
     def start(self, **worker_env: str) -> FaultStack:
         self.redis.start()

@@ -93,6 +93,7 @@ def test_redis_restart_keeps_its_data(fault_stack: StackFactory):
     results: dict[str, Any] = {i: stack.final(i, timeout=90) for i in accepted}
     for execution_id, record in results.items():
         assert record["status"] in FINAL, (execution_id, record)
+    wait_until("the worker beating again", lambda: stack.get("/health").status_code == 200, 60)
     after = stack.post("/execute", {"code": "print('after')"}, timeout=120)
     assert after.status_code == 200 and after.json()["stdout"] == "after\n", after.text
 
@@ -119,6 +120,10 @@ def test_redis_drops_while_an_execution_is_claimed(fault_stack: StackFactory):
         wait_until("the claim cut off", relay.fired.is_set, 60)
         record = stack.final(execution_id, timeout=90)
         assert record["status"] == "success" and record["stdout"] == "claimed\n", record
+        try:
+            wait_until("healthy again", lambda: stack.get("/health").status_code == 200, 60)
+        except AssertionError:
+            raise AssertionError(stack.get("/health").text + stack.logs()) from None
         after = stack.post("/execute", {"code": "print('after')"}, timeout=120)
         assert after.status_code == 200 and after.json()["stdout"] == "after\n", after.text
     finally:
