@@ -42,18 +42,27 @@ def wait_proxy(url: str, token: str, timeout: float, procs: list[subprocess.Pope
     """Wait until the proxy answers an authenticated ping."""
     from executor.proxyauth import probe
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            os.environ["EXECUTOR_PROXY_TOKEN"] = token
-            probe(url)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the proxy at {url} did not answer within {timeout:.0f}s")
+    # probe() reads the secret from the environment: lend it this stack's, and give the
+    # caller's back (a test process that runs a bench stack keeps its own proxy's secret).
+    before = os.environ.get("EXECUTOR_PROXY_TOKEN")
+    os.environ["EXECUTOR_PROXY_TOKEN"] = token
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+            try:
+                probe(url)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the proxy at {url} did not answer within {timeout:.0f}s")
+    finally:
+        if before is None:
+            os.environ.pop("EXECUTOR_PROXY_TOKEN", None)
+        else:
+            os.environ["EXECUTOR_PROXY_TOKEN"] = before
 
 
 @dataclass
