@@ -448,7 +448,9 @@ def private_engine(tmp_path: Path) -> Iterator[PrivateEngine]:
             for container in client.api.containers(all=True):
                 client.api.remove_container(container["Id"], force=True)
         engine.stop()
-        # Its containerd, if a crash left it behind.
-        pidfile = Path(PrivateEngine.EXEC_ROOT) / "containerd" / "containerd.pid"
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        # Its containerd and shims, if a crash left them behind (their command lines name its
+        # exec root, which is this fixture's alone).
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError, ValueError):
+                if PrivateEngine.EXEC_ROOT.encode() + b"/" in cmdline.read_bytes():
+                    os.kill(int(cmdline.parent.name), signal.SIGTERM)
