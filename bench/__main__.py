@@ -13,7 +13,8 @@ requests (bench/cases.py). Last, live output (bench/live_output.py): the latency
 an SSE client. `--only python`, `--only languages` or `--only tests` runs one part, `--only
 baseline` just the side-by-side comparison with `--baseline DIR`, `--only live` live output with
 concurrent streams (`--streams`), `--only history` GET /executions over 10^5 and 10^6 synthetic
-records in a Redis of its own (bench/history.py; `--history-sizes`).
+records in a Redis of its own (bench/history.py; `--history-sizes`), `--only soak` the leak
+watch of bench/soak.py (`--minutes`, `--clients`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from urllib.parse import urlsplit
 
 import docker
 
+from bench import soak
 from bench.cases import cases_table
 from bench.history import run as history_bench
 from bench.languages import language_table
@@ -240,9 +242,9 @@ def main() -> int:
     parser.add_argument("--lang-n", type=int, default=10, help="runs per path per language")
     parser.add_argument(
         "--only",
-        choices=["all", "python", "languages", "tests", "baseline", "history", "live"],
+        choices=["all", "python", "languages", "tests", "baseline", "history", "live", "soak"],
         default="all",
-        help="which part to run (baseline: only the --baseline comparison)",
+        help="which part to run (baseline: only the --baseline comparison; soak: bench.soak)",
     )
     parser.add_argument(
         "--history-sizes", default="100000,1000000", help="record counts for --only history"
@@ -253,7 +255,10 @@ def main() -> int:
     parser.add_argument(
         "--c-image", help="the C image for the test-case rows (approved in EXECUTOR_IMAGES)"
     )
+    soak.add_arguments(parser)
     args = parser.parse_args()
+    if args.only == "soak":
+        return soak.run(args, args.redis, args.upstream)
     if args.only == "history":
         history_bench([int(size) for size in args.history_sizes.split(",")], args.n)
         return 0

@@ -12,7 +12,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,18 +42,27 @@ def wait_proxy(url: str, token: str, timeout: float, procs: list[subprocess.Pope
     """Wait until the proxy answers an authenticated ping."""
     from executor.proxyauth import probe
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            os.environ["EXECUTOR_PROXY_TOKEN"] = token
-            probe(url)
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"the proxy at {url} did not answer within {timeout:.0f}s")
+    # probe() reads the secret from the environment: lend it this stack's, and give the
+    # caller's back (a test process that runs a bench stack keeps its own proxy's secret).
+    before = os.environ.get("EXECUTOR_PROXY_TOKEN")
+    os.environ["EXECUTOR_PROXY_TOKEN"] = token
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+            try:
+                probe(url)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the proxy at {url} did not answer within {timeout:.0f}s")
+    finally:
+        if before is None:
+            os.environ.pop("EXECUTOR_PROXY_TOKEN", None)
+        else:
+            os.environ["EXECUTOR_PROXY_TOKEN"] = before
 
 
 @dataclass
@@ -63,6 +72,7 @@ class Stack:
     redis_url: str
     logs: Path
     proxy_token: str
+    pids: dict[str, int] = field(default_factory=dict)  # proxy, worker, api: the main pids
 
 
 @contextlib.contextmanager
@@ -114,11 +124,13 @@ def running_stack(
             if name == "proxy":
                 wait_proxy(f"http://127.0.0.1:{proxy_port}", token, 30, procs)
         wait_http(f"http://127.0.0.1:{api_port}/health", 120, procs)
-        yield Stack(f"http://127.0.0.1:{api_port}", docker_host, redis_url, logs, token)
+        pids = {name: proc.pid for name, proc in zip(commands, procs, strict=True)}
+        yield Stack(f"http://127.0.0.1:{api_port}", docker_host, redis_url, logs, token, pids)
     finally:
+        # One after the other, the proxy last: the worker's warm shutdown removes its pool
+        # through the proxy.
         for proc in reversed(procs):
             proc.terminate()
-        for proc in reversed(procs):
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:

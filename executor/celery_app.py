@@ -16,6 +16,8 @@ Why these settings:
 - task events on, sent events on, started state tracked: `celery events`, `celery inspect` and
   Flower see every execution.
 - JSON only, results expire with the records (EXECUTOR_RESULT_TTL).
+- kombu's Redis transport without its restore-on-close (executor.broker), which crashed the
+  worker when Redis dropped under running executions.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from celery import Celery
 
+from executor.broker import TRANSPORT
 from executor.budget import MAX_TESTS, RUN_OVERHEAD_S, extra_seconds
 from executor.config import Settings
 from executor.languages import MAX_COMPILE_TIMEOUT_S
@@ -59,6 +62,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport = {"visibility_timeout": int(limits.visibility_s)}
     return {
         "broker_url": settings.redis_url,
+        "broker_transport": TRANSPORT,
         "result_backend": settings.redis_url,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},

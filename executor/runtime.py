@@ -36,6 +36,7 @@ from executor.errors import ExecutorError, InvalidRequest, SandboxError, error_f
 from executor.heartbeat import Backstop, Events, Heartbeat, PoolStats
 from executor.languages import REGISTRY
 from executor.models import RunRequest, RunResult, iso
+from executor.outbox import Outbox, patiently
 from executor.output import OutputPublisher
 from executor.policy import ID_RULE, valid_execution_id
 from executor.protocol import OutputSink
@@ -104,13 +105,14 @@ class WorkerRuntime:
         self._revoked = revoked
         self._revoked_seen: set[str] = set()
         self._stop_listening: Callable[[], None] | None = None
+        self.outbox = Outbox(self.store)
         self.heartbeat = Heartbeat(
             self.store,
             self.incarnation,
             self.info,
             self.events,
             self.backstop,
-            each_beat=(self.watch_cancels, self.store.adopt),
+            each_beat=(self.outbox.flush, self.watch_cancels, self.store.adopt),
         )
         self._pool_stats = PoolStats()
 
@@ -158,6 +160,7 @@ class WorkerRuntime:
         self._pool_stats.close()
         self.output.stop()
         try:
+            self.outbox.flush()
             self.heartbeat.flush()
             lost = self.store.forget_worker(self.incarnation)
             if lost:
@@ -201,8 +204,12 @@ class WorkerRuntime:
 
     def _execute(self, payload: Any, execution_id: str) -> dict[str, Any]:
         service = self.service
-        claim = self.store.claim(
-            execution_id, _language_of(payload), self.incarnation, self.settings.instance
+        # A Redis restart while the message is in hand delays the claim; it does not lose it.
+        claim = patiently(
+            f"execution {execution_id}",
+            lambda: self.store.claim(
+                execution_id, _language_of(payload), self.incarnation, self.settings.instance
+            ),
         )
         if not claim.claimed:
             return self._redelivered(execution_id, claim)
@@ -238,7 +245,7 @@ class WorkerRuntime:
                 self._fail(execution_id, error)
                 raise error from e
             body = self._result_body(execution_id, claim, result)
-            if not self.store.finish(execution_id, self.incarnation, body):
+            if not self.outbox.finish(execution_id, self.incarnation, body):
                 raise self._taken_away(execution_id)
         with self._lock:
             self._processed += 1
@@ -286,7 +293,7 @@ class WorkerRuntime:
         if error.errors:
             body["errors"] = error.errors
         try:
-            self.store.finish(execution_id, self.incarnation, body, counter=counter)
+            self.outbox.finish(execution_id, self.incarnation, body, counter=counter)
         except ExecutorError as e:  # the task still fails with the first error
             log.error("execution %s: could not record its failure: %s", execution_id, e)
 

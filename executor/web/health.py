@@ -2,7 +2,9 @@
 
 `/health` is meant to be polled every second, and every submission asks whether Docker is up,
 so each answer is kept for CACHE_S per process; one thread refreshes it while the others wait
-for that answer (each probe has a short timeout of its own).
+for that answer (each probe has a short timeout of its own). A submission never is refused on
+a cached failure: Docker is asked again first, so the first execution after Docker (or its
+proxy) is back runs.
 """
 
 from __future__ import annotations
@@ -72,13 +74,22 @@ class _Cached:
         self._value: Check | None = None
         self._at = 0.0
 
-    def get(self) -> Check:
-        if self._value is not None and time.monotonic() - self._at < CACHE_S:
-            return self._value
+    def get(self, recheck_failure: bool = False) -> Check:
+        """The cached answer while it is fresh; with `recheck_failure`, a failure is checked
+        again at once (the caller would refuse work on it: a dependency that came back must
+        not be refused for the rest of the cache's life). Concurrent callers share one probe."""
+        asked = time.monotonic()
+        value = self._value
+        fresh = value is not None and asked - self._at < CACHE_S
+        if value is not None and fresh and (value.ok or not recheck_failure):
+            return value
         with self._lock:
-            if self._value is None or time.monotonic() - self._at >= CACHE_S:
+            stale = self._value is None or time.monotonic() - self._at >= CACHE_S
+            failed = self._value is not None and not self._value.ok and self._at < asked
+            if stale or (recheck_failure and failed):
                 self._value = self._compute()
                 self._at = time.monotonic()
+            assert self._value is not None
             return self._value
 
 
@@ -95,8 +106,8 @@ class Health:
         self._last: dict[str, Check] = {}
 
     def require_docker(self) -> None:
-        """Raise DockerUnavailable (at once, from the cache) when Docker does not answer."""
-        check = self._docker_check.get()
+        """Raise DockerUnavailable when Docker does not answer (from the cache when it did)."""
+        check = self._docker_check.get(recheck_failure=True)
         if not check.ok:
             raise DockerUnavailable(check.message)
 
