@@ -409,13 +409,16 @@ class PrivateEngine:
         return docker.DockerClient(base_url=self.url, timeout=60)
 
     def load(self, image: str) -> None:
-        """Copy `image` from the shared engine, unless this engine has it already."""
+        """Copy `image` from the shared engine, unless this engine has the same one already
+        (the same id: a tag rebuilt since, e.g. with another runner, is copied again)."""
+        with contextlib.closing(docker.DockerClient(base_url=DOCKER_SOCKET, timeout=60)) as shared:
+            wanted = shared.images.get(image).id
         with (
             contextlib.closing(self.client()) as client,
             contextlib.suppress(docker.errors.ImageNotFound),
         ):
-            client.images.get(image)
-            return
+            if client.images.get(image).id == wanted:
+                return
         save = subprocess.Popen(
             ["docker", "-H", DOCKER_SOCKET, "save", image], stdout=subprocess.PIPE
         )
