@@ -32,7 +32,7 @@ from typing import Any
 
 from gevent import GreenletExit
 from gunicorn import http, util
-from gunicorn.http.errors import NoMoreData
+from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine, NoMoreData, ParseException
 from gunicorn.workers.base_async import AsyncWorker
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 
@@ -40,6 +40,18 @@ from executor.config import Settings
 
 _QUIET_ERRNOS = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ETIMEDOUT)
 REFUSAL_TIMEOUT_S = 1.0  # what a refused or timed-out client is given to take its answer
+
+
+def _refusal(error: Exception) -> tuple[int, str, str] | None:
+    """(status, reason, code) of a request gunicorn's parser refused, answered in the API's
+    error shape (gunicorn's own answer is an HTML page); None for any other error."""
+    if isinstance(error, LimitRequestLine):
+        return 414, "URI Too Long", "uri_too_long"
+    if isinstance(error, LimitRequestHeaders):
+        return 431, "Request Header Fields Too Large", "headers_too_large"
+    if isinstance(error, ParseException):
+        return 400, "Bad Request", "bad_request"
+    return None
 
 
 class HeadTimeout(Exception):
@@ -211,4 +223,10 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
         except Exception as e:  # noqa: BLE001 - gunicorn answers a bad request 400, others 500
             if getattr(e, "code", None) == 408:  # a late body the app never read
                 return
-            self.handle_error(req, client, addr, e)
+            refusal = _refusal(e)
+            if refusal is None:
+                self.handle_error(req, client, addr, e)
+                return
+            status, reason, code = refusal
+            self.log.warning("invalid request from %s: %s", addr[0] if addr else "?", e)
+            answer(client, status, reason, code, f"{reason.lower()}: {str(e)[:200]}")

@@ -124,6 +124,28 @@ def test_a_stalled_head_gets_408_and_its_connection_closes(slow_api: str):
     assert b"Connection: close" in answer
 
 
+@pytest.mark.parametrize(
+    ("head", "status", "code"),
+    [
+        (b"GET /executions?cursor=" + b"x" * 10000 + b" HTTP/1.1\r\nHost: api\r\n\r\n", 414,
+         "uri_too_long"),
+        (b"GET /health HTTP/1.1\r\n" + b"X-Junk: y\r\n" * 200 + b"\r\n", 431,
+         "headers_too_large"),
+        (b"NOT A REQUEST\r\n\r\n", 400, "bad_request"),
+    ],
+    ids=["uri", "headers", "request-line"],
+)  # fmt: skip
+def test_a_request_the_server_cannot_parse_gets_the_error_shape(
+    slow_api: str, head: bytes, status: int, code: str
+):
+    with connect(slow_api) as sock:
+        sock.sendall(head)
+        answer = read_until_closed(sock)
+    assert status_of(answer) == status, answer[:200]
+    assert b"application/json" in answer.split(b"\r\n\r\n")[0]
+    assert body_of(answer)["code"] == code
+
+
 def test_a_connection_that_sends_nothing_gets_408_and_closes(slow_api: str):
     with connect(slow_api) as sock:
         answer = read_until_closed(sock)
