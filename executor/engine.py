@@ -36,6 +36,7 @@ from executor.errors import (
 from executor.proxyauth import HEADER, credential, load_secret, worker_identity
 
 IMAGE_RECHECK_S = 10.0  # how long an image's id is trusted before it is inspected again
+REMOVE_ATTEMPTS = 3  # force-removals of one container before its error is the caller's
 
 
 @dataclass
@@ -270,15 +271,23 @@ class Engine:
         container as removed once this returns.
         """
         with self._translated("remove container", container_id[:12]):
-            try:
-                self.api.remove_container(container_id, force=True)
-            except docker.errors.NotFound:
-                return False
-            except docker.errors.APIError as e:
-                if e.status_code != 409:  # 409: a removal is already in progress
-                    raise
-                self._wait_removed(container_id)
-                return False
+            for attempt in range(REMOVE_ATTEMPTS):
+                try:
+                    self.api.remove_container(container_id, force=True)
+                except docker.errors.NotFound:
+                    return False
+                except docker.errors.APIError as e:
+                    if e.status_code == 409:  # a removal is already in progress
+                        self._wait_removed(container_id)
+                        return False
+                    # The container stopped between the engine's look and its kill ("Could
+                    # not kill running container ...: is not running"): a race of the
+                    # engine's, gone on the next try.
+                    if "is not running" not in str(e.explanation) or attempt + 1 == REMOVE_ATTEMPTS:
+                        raise
+                    time.sleep(0.1)
+                else:
+                    return True
         return True
 
     def _wait_removed(self, container_id: str) -> None:
