@@ -125,6 +125,10 @@ def create_worker(settings: Settings) -> Celery:
             # stdout) at INFO; the runtime logs each execution without its data instead.
             logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
             runtime.start(getattr(sender, "hostname", None))
+            consumer[:] = [sender]
+            # Probes answer from now on, before anything that waits on Docker (which may be
+            # the very thing /readyz has to report as down).
+            monitor.start()
             # A language whose image this engine lacks is left to other workers: stop
             # consuming its queue.
             served = runtime.served_languages() or ()
@@ -132,11 +136,9 @@ def create_worker(settings: Settings) -> Celery:
                 queue = queue_for(language.name, True)
                 if language.name not in served and queue in worker_queues(settings):
                     sender.cancel_task_queue(queue)
-            consumer[:] = [sender]
             if settings.log_format == "json":
                 # Celery prints "worker: Warm shutdown" on SIGTERM; the same handler, silent.
                 install_worker_term_handler(sender.controller, verbose=False)
-            monitor.start()
 
     def on_shutdown(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:

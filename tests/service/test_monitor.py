@@ -6,7 +6,17 @@ import pytest
 import requests
 
 from tests.conftest import free_port
-from tests.service.conftest import WorkerFactory, flushed
+from tests.service.conftest import WorkerFactory, flushed, wait_until
+
+
+def answers(url: str) -> bool:
+    """Whether anything answers at `url` (the monitor listens a moment after the first beat)."""
+    try:
+        requests.get(url, timeout=5)
+    except requests.ConnectionError:
+        return False
+    return True
+
 
 pytestmark = pytest.mark.service
 
@@ -18,6 +28,7 @@ def test_a_worker_answers_its_probes_and_shows_its_series(
     url = flushed(2)  # see the table in tests/service/conftest.py
     process = start_worker("pytest-monitored", url, docker_host, EXECUTOR_MONITOR_PORT=str(port))
     base = f"http://127.0.0.1:{port}"
+    wait_until("the worker's probes answering", lambda: answers(f"{base}/healthz"), 30)
     health = requests.get(f"{base}/healthz", timeout=5)
     assert health.status_code == 200 and health.json() == {"status": "ok"}
     ready = requests.get(f"{base}/readyz", timeout=10)
@@ -40,6 +51,7 @@ def test_a_worker_that_cannot_reach_docker_is_alive_but_not_ready(start_worker: 
         "pytest-no-docker", flushed(1), dead_docker, EXECUTOR_MONITOR_PORT=str(port)
     )
     base = f"http://127.0.0.1:{port}"
+    wait_until("the worker's probes answering", lambda: answers(f"{base}/healthz"), 30)
     assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
     ready = requests.get(f"{base}/readyz", timeout=10)
     assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
