@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Response, request
 
 from executor.errors import ExecutionNotFound, ExecutorError
+from executor.policy import valid_execution_id
 from executor.store import Record, Store
 from executor.streams import Event, EventStreams, newer, valid_id
 from executor.web.context import Context
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 EVENT_STREAM = "text/event-stream"
 LAST_EVENT_ID = "Last-Event-ID"
 RETRY_MS = 1000  # what an EventSource waits before reconnecting
-# Execution ids: the API's UUIDs and the Celery task ids a producer may choose.
-_EXECUTION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # nginx: pass each event on at once
@@ -64,7 +62,7 @@ def response(
     """200 with the stream of `execution_id` from after `after`; 404 for an unknown id; 204
     when the client already has the end of a finished execution's stream. `record` is the
     execution's record when the caller has looked it up (and checked its owner) already."""
-    if record is None and _EXECUTION_ID.fullmatch(execution_id):
+    if record is None and valid_execution_id(execution_id):
         record = ctx.store.get(execution_id)
     if record is None:
         raise ExecutionNotFound(f"no execution has the id {execution_id!r}")
