@@ -9,11 +9,11 @@ does). Keys (executor.names):
                                      status:<status>, language:<name>, worker:<HOSTNAME>,
                                      owner:<API key id>
 
-`index(id)` brings one record's memberships up to date from the record itself (one Lua
-script: idempotent, whatever transition came before), so every writer of a record calls it
-after its own step: submit, claim, finish, the lost-execution sweep (and any later transition,
-such as a cancel). A record leaves `status:queued` and `status:running` as it moves on; the
-final status index keeps it.
+INDEX_LUA brings one record's memberships up to date from the record itself (idempotent,
+whatever transition came before). Every script of the store that moves a record runs it in the
+same step: submit, claim, finish, cancel, adoption, the lost-execution sweep; `index(id)` runs
+it alone, for a change made elsewhere. A record leaves `status:queued` and `status:running`
+as it moves on; the final status index keeps it.
 
 Expiry without a scan: a record expires EXECUTOR_RESULT_TTL after its last change; each index
 write also drops the members created more than that long ago (ZREMRANGEBYSCORE, amortised one
@@ -48,33 +48,51 @@ STEPS_WITH_OUTPUT = ("compile", "tests")  # a result's parts that carry output o
 STEP_OUTPUT = ("stdout", "stderr")
 BUDGET = 5000  # index entries one page may look at
 CHUNK = 200  # entries a walk with several filters fetches first (doubling after)
-PENDING = ("queued", "running")
+PENDING = ("queued", "running")  # the statuses a record leaves
 # A finished record keeps its item apart (`summary`) only when leaving the output out saves
 # more than this many bytes per read; else an item is read from its result.
 SUMMARY_SAVING = 1024
 
-_INDEX = """
-local rec = KEYS[1]
-local f = redis.call('HMGET', rec, 'status', 'created', 'language', 'worker', 'owner')
-local status, created = f[1], f[2]
-if not status or not created then return 0 end
-if ARGV[5] ~= '' then redis.call('HSET', rec, 'summary', ARGV[5]) end
-local id, prefix, cutoff, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local function put(key)
-  redis.call('ZADD', key, created, id)
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cutoff)
-  redis.call('EXPIRE', key, ttl)
+# The history's part of every script that moves a record (executor.store): a Lua function
+# that brings one record's memberships up to date from the record itself (idempotent, whatever
+# transition came before), inside the same script as the transition, so that indexing costs no
+# round trip of its own. Its parameters are the last four values of the script's ARGV
+# (`index_args()`); a script appends them after its own.
+INDEX_LUA = """
+local HISTORY_AT = #ARGV - 3
+local function history_index(rec, id, summary)
+  local f = redis.call('HMGET', rec, 'status', 'created', 'language', 'worker', 'owner')
+  local status, created = f[1], f[2]
+  if not status or not created then return 0 end
+  if summary and summary ~= '' then redis.call('HSET', rec, 'summary', summary) end
+  local all, prefix = ARGV[HISTORY_AT], ARGV[HISTORY_AT + 1]
+  local cutoff, ttl = ARGV[HISTORY_AT + 2], ARGV[HISTORY_AT + 3]
+  local function put(key)
+    redis.call('ZADD', key, created, id)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. cutoff)
+    redis.call('EXPIRE', key, ttl)
+  end
+  put(all)
+  put(prefix .. 'status:' .. status)
+  for _, pending in ipairs({PENDING_STATUSES}) do
+    if pending ~= status then redis.call('ZREM', prefix .. 'status:' .. pending, id) end
+  end
+  if f[3] and f[3] ~= '' then put(prefix .. 'language:' .. f[3]) end
+  if f[4] and f[4] ~= '' then put(prefix .. 'worker:' .. f[4]) end
+  if f[5] and f[5] ~= '' then put(prefix .. 'owner:' .. f[5]) end
+  return 1
 end
-put(ARGV[6])
-put(prefix .. 'status:' .. status)
-for i = 7, #ARGV do
-  if ARGV[i] ~= status then redis.call('ZREM', prefix .. 'status:' .. ARGV[i], id) end
-end
-if f[3] and f[3] ~= '' then put(prefix .. 'language:' .. f[3]) end
-if f[4] and f[4] ~= '' then put(prefix .. 'worker:' .. f[4]) end
-if f[5] and f[5] ~= '' then put(prefix .. 'owner:' .. f[5]) end
-return 1
-"""
+""".replace("PENDING_STATUSES", ", ".join(f"'{status}'" for status in PENDING))
+
+# KEYS[1]: the record; ARGV: its id, its item (or ''), then index_args().
+_INDEX = INDEX_LUA + "return history_index(KEYS[1], ARGV[1], ARGV[2])\n"
+
+
+def index_args(ttl_s: int, now: float | None = None) -> list[str | int | float]:
+    """The parameters of INDEX_LUA, to append to the ARGV of a script that uses it."""
+    cutoff = (time.time() if now is None else now) - ttl_s
+    return [HISTORY, HISTORY_BY, repr(cutoff), ttl_s]
+
 
 # For each id after the filters: 1 when its record has every filter's value, 0 when not, -1
 # when the record is gone. Server-side, so a walk costs one round trip per chunk.
@@ -183,16 +201,7 @@ class History:
     def index(self, execution_id: str, summary: str = "") -> None:
         """Bring `execution_id`'s memberships up to date with its record (and store its
         history item `summary` once it finished); nothing for a record that is gone."""
-        cutoff = time.time() - self.ttl_s
-        args: list[str | int | float] = [
-            execution_id,
-            HISTORY_BY,
-            repr(cutoff),
-            self.ttl_s,
-            summary,
-            HISTORY,
-            *PENDING,
-        ]
+        args = [execution_id, summary, *index_args(self.ttl_s)]
         self._index([RECORD + execution_id], args)
 
     def page(self, query: HistoryQuery) -> HistoryPage:

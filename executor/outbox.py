@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ class _Finish:
     incarnation: str
     payload: dict[str, Any]
     counter: str | None
+    output: Sequence[tuple[str, str]]
 
 
 class Outbox:
@@ -64,15 +65,18 @@ class Outbox:
         incarnation: str,
         payload: dict[str, Any],
         counter: str | None = None,
+        output: Sequence[tuple[str, str]] = (),
     ) -> bool:
         """Store.finish, or keep it for later while Redis is unreachable (then True: the
         record is ours until Redis says otherwise)."""
         try:
-            return self.store.finish(execution_id, incarnation, payload, counter=counter)
+            return self.store.finish(
+                execution_id, incarnation, payload, counter=counter, output=output
+            )
         except RedisUnavailable as e:
             log.warning("execution %s: result kept until Redis is back: %s", execution_id, e)
             with self._lock:
-                self._pending[execution_id] = _Finish(incarnation, payload, counter)
+                self._pending[execution_id] = _Finish(incarnation, payload, counter, output)
             return True
 
     def __len__(self) -> int:
@@ -86,7 +90,11 @@ class Outbox:
             pending = list(self._pending.items())
         for execution_id, kept in pending:
             taken = self.store.finish(
-                execution_id, kept.incarnation, kept.payload, counter=kept.counter
+                execution_id,
+                kept.incarnation,
+                kept.payload,
+                counter=kept.counter,
+                output=kept.output,
             )
             with self._lock:
                 self._pending.pop(execution_id, None)

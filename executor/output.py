@@ -9,9 +9,12 @@ and queues the text. It never waits for Redis: one `OutputPublisher` thread per 
 writes what is queued, merging adjacent chunks of one stream into one event, so a program
 that floods costs a few XADDs per round trip and the read loop is never slowed.
 
-Closing a LiveOutput waits (bounded) until its events are in Redis, so the result entry that
-the store adds next comes after them. Live output is best effort: a Redis fault here is
-logged (never the output itself) and leaves the execution and its stored result untouched.
+Closing a LiveOutput takes back its events that the thread has not started to publish (and
+waits, bounded, for those it has): the store adds them to the stream in the same script that
+finishes the execution, ahead of the result entry (executor.store), so the end of a program's
+output costs no round trip and no thread switch of its own. Live output is best effort: a
+Redis fault here is logged (never the output itself) and leaves the execution and its stored
+result untouched.
 """
 
 from __future__ import annotations
@@ -20,8 +23,6 @@ import codecs
 import json
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from executor.errors import ExecutorError
 from executor.streams import EventStreams
@@ -46,15 +47,12 @@ class OutputPublisher:
         self._queue: list[_Item] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._publishing: set[str] = set()  # executions of the batch being published
 
-    @contextmanager
-    def open(self, execution_id: str) -> Iterator[LiveOutput]:
-        """The output of one execution; on leaving, what it queued has been published."""
-        output = LiveOutput(self, execution_id)
-        try:
-            yield output
-        finally:
-            output.close()
+    def open(self, execution_id: str) -> LiveOutput:
+        """The output of one execution: end it with `LiveOutput.end()` (its unpublished events,
+        for the finish) or `LiveOutput.close()` (publish them first)."""
+        return LiveOutput(self, execution_id)
 
     def put(self, item: _Item) -> None:
         with self._cond:
@@ -65,6 +63,30 @@ class OutputPublisher:
                 self._thread.start()
             self._queue.append(item)
             self._cond.notify()
+
+    def take(
+        self, execution_id: str, rest: list[_Item], timeout: float = FLUSH_TIMEOUT_S
+    ) -> list[tuple[str, str]]:
+        """The (event, JSON data) entries of `execution_id` still queued, then `rest`, in
+        order, taken off the queue; once the thread has published its earlier ones (bounded)."""
+        with self._cond:
+            mine: list[_Item] = [
+                i
+                for i in self._queue
+                if not isinstance(i, threading.Event) and i[0] == execution_id
+            ]
+            if mine:
+                self._queue = [
+                    i for i in self._queue if isinstance(i, threading.Event) or i[0] != execution_id
+                ]
+            if not self._cond.wait_for(lambda: execution_id not in self._publishing, timeout):
+                log.warning(
+                    "execution %s: live output still not published after %g s",
+                    execution_id,
+                    timeout,
+                )
+        entries, _ = _merged(mine + rest)
+        return [(name, data) for _, name, data in entries]
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> bool:
         """Wait until everything queued so far is published (or failed); False on timeout."""
@@ -87,6 +109,7 @@ class OutputPublisher:
                 if not self._queue:
                     return
                 items, self._queue = self._queue, []
+                self._publishing = {i[0] for i in items if not isinstance(i, threading.Event)}
             entries, flushes = _merged(items)
             try:
                 self.streams.publish(entries)
@@ -94,6 +117,9 @@ class OutputPublisher:
                 log.warning("live output of %d events not published: %s", len(entries), e)
             except Exception:
                 log.exception("live output not published")
+            with self._cond:
+                self._publishing = set()
+                self._cond.notify_all()
             for done in flushes:
                 done.set()
 
@@ -136,6 +162,7 @@ class LiveOutput:
         }
         self._written = dict.fromkeys(STREAMS, 0)
         self._truncated: set[bytes] = set()
+        self._ended = False
         self._lock = threading.Lock()
 
     def write(self, kind: bytes, data: bytes) -> None:
@@ -144,7 +171,7 @@ class LiveOutput:
         if name is None or not data:
             return
         with self._lock:
-            if kind in self._truncated:
+            if kind in self._truncated or self._ended:
                 return
             room = self._publisher.cap - self._written[kind]
             kept = data[:room]
@@ -166,14 +193,28 @@ class LiveOutput:
                 self._truncated.add(kind)  # a half character at the cap is dropped
             self._publisher.put((self._id, STREAMS[kind], "", True))
 
+    def end(self) -> list[tuple[str, str]]:
+        """The events not published yet, for the store's finish to add ahead of the result
+        entry (an incomplete last character becomes U+FFFD). Nothing is published after."""
+        return self._publisher.take(self._id, self._rest())
+
     def close(self) -> None:
-        """Publish the rest (an incomplete last character becomes U+FFFD), and wait for it."""
-        with self._lock:
-            for kind, name in STREAMS.items():
-                if kind not in self._truncated:
-                    rest = self._decoders[kind].decode(b"", final=True)
-                    if rest:
-                        self._publisher.put((self._id, name, rest, False))
+        """End it and publish the rest, waiting (bounded) until it is in Redis: for an
+        execution whose finish carries no output (it failed)."""
+        for item in self._rest():
+            self._publisher.put(item)
         if not self._publisher.flush():
             log.warning("execution %s: live output still not published after %g s",
                         self._id, FLUSH_TIMEOUT_S)  # fmt: skip
+
+    def _rest(self) -> list[_Item]:
+        """What the decoders still hold; from now on, writes are dropped."""
+        rest: list[_Item] = []
+        with self._lock:
+            self._ended = True
+            for kind, name in STREAMS.items():
+                if kind not in self._truncated:
+                    text = self._decoders[kind].decode(b"", final=True)
+                    if text:
+                        rest.append((self._id, name, text, False))
+        return rest

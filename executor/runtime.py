@@ -230,22 +230,24 @@ class WorkerRuntime:
                 log.warning("execution %s rejected: %s", execution_id, e.message)
                 self._fail(execution_id, e, counter=metrics.REJECTED)
                 raise
+            live = self.output.open(execution_id)
             try:
-                # Leaving the block publishes the rest of the live output: before the result.
-                with self.output.open(execution_id) as live:
-                    result = service.run(request, execution_id, cancel, live.write)
-                    live.truncated(result.stdout_truncated, result.stderr_truncated)
+                result = service.run(request, execution_id, cancel, live.write)
+                live.truncated(result.stdout_truncated, result.stderr_truncated)
             except ExecutorError as e:
+                live.close()  # the output it wrote, before the failure
                 log.error("execution %s could not run: %s: %s", execution_id, e.code, e.message)
                 self._fail(execution_id, e)
                 raise
             except Exception as e:
+                live.close()
                 log.exception("execution %s failed inside the worker", execution_id)
                 error = ExecutorError(f"the worker failed to run the execution: {type(e).__name__}")
                 self._fail(execution_id, error)
                 raise error from e
             body = self._result_body(execution_id, claim, result)
-            if not self.outbox.finish(execution_id, self.incarnation, body):
+            # The live output not published yet goes in with the result (ahead of its entry).
+            if not self.outbox.finish(execution_id, self.incarnation, body, output=live.end()):
                 raise self._taken_away(execution_id)
         with self._lock:
             self._processed += 1

@@ -55,7 +55,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -67,7 +67,7 @@ from redis.retry import Retry
 from executor import metrics, timeline
 from executor.cancellation import cancelled_before_start
 from executor.errors import ExecutorError, NoWorkers, QueueFull, RedisUnavailable
-from executor.history import History, HistoryPage, HistoryQuery, summary
+from executor.history import INDEX_LUA, History, HistoryPage, HistoryQuery, index_args, summary
 from executor.models import iso
 from executor.names import (
     ADOPTING,
@@ -107,7 +107,18 @@ LOST_MESSAGE = (
     "answering); the program is not run again"
 )
 
-_SUBMIT = """
+# The operator page's timeline (executor.timeline): one finished execution added to its
+# minute, inside the script that finishes it. `fields`: the hash fields to count, space-separated.
+MINUTE_LUA = """
+local function count_minute(key, fields, ttl)
+  for field in string.gmatch(fields, '%S+') do redis.call('HINCRBY', key, field, 1) end
+  redis.call('EXPIRE', key, ttl)
+end
+"""
+
+_SUBMIT = (
+    INDEX_LUA
+    + """
 local depth = 0
 for i = 5, #KEYS do depth = depth + redis.call('LLEN', KEYS[i]) end
 if depth >= tonumber(ARGV[7]) then return {'full', depth} end
@@ -127,10 +138,14 @@ redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[6]) - 1)
 redis.call('HINCRBY', KEYS[3], ARGV[9], 1)
 redis.call('XADD', ARGV[12], 'MAXLEN', '~', ARGV[13], '*', 'e', 'status', 'd', ARGV[14])
 redis.call('EXPIRE', ARGV[12], ARGV[5])
+history_index(KEYS[1], ARGV[1], '')
 return {'ok', depth}
 """
+)
 
-_CLAIM = """
+_CLAIM = (
+    INDEX_LUA
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   redis.call('HSET', KEYS[1], 'id', ARGV[1], 'language', ARGV[8], 'created', ARGV[4],
@@ -154,11 +169,16 @@ redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('HSET', KEYS[4], ARGV[1], ARGV[2])
 redis.call('XADD', ARGV[10], 'MAXLEN', '~', ARGV[11], '*', 'e', 'status', 'd', ARGV[13])
 redis.call('EXPIRE', ARGV[10], ARGV[6])
+history_index(KEYS[1], ARGV[1], '')
 return {'claimed', redis.call('HGET', KEYS[1], 'created'),
         redis.call('HGET', KEYS[1], 'created_at'), request}
 """
+)
 
-_FINISH = """
+_FINISH = (
+    INDEX_LUA
+    + MINUTE_LUA
+    + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running'
    or redis.call('HGET', KEYS[1], 'incarnation') ~= ARGV[2] then
   return 0
@@ -175,13 +195,24 @@ redis.call('HINCRBY', KEYS[3], ARGV[8], 1)
 redis.call('LPUSH', KEYS[4], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[7])
 redis.call('DEL', KEYS[5])
+if ARGV[18] ~= '' then  -- the live output not published yet: before the result entry
+  for _, entry in ipairs(cjson.decode(ARGV[18])) do
+    redis.call('XADD', ARGV[12], 'MAXLEN', '~', ARGV[13], '*', 'e', entry[1], 'd', entry[2])
+  end
+end
 redis.call('XADD', ARGV[12], 'MAXLEN', '~', ARGV[13], '*', 'e', 'result', 'd', '')
 redis.call('EXPIRE', ARGV[12], ARGV[6])
 redis.call('PUBLISH', ARGV[11], ARGV[1])
+history_index(KEYS[1], ARGV[1], ARGV[14])
+count_minute(ARGV[15], ARGV[16], ARGV[17])
 return 1
 """
+)
 
-_CANCEL = """
+_CANCEL = (
+    INDEX_LUA
+    + MINUTE_LUA
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'unknown', ''} end
 if status == 'queued' then
@@ -194,6 +225,8 @@ if status == 'queued' then
   redis.call('XADD', ARGV[8], 'MAXLEN', '~', ARGV[9], '*', 'e', 'result', 'd', '')
   redis.call('EXPIRE', ARGV[8], ARGV[2])
   redis.call('PUBLISH', ARGV[5], ARGV[6])
+  history_index(KEYS[1], ARGV[6], '')
+  count_minute(ARGV[10], ARGV[11], ARGV[12])
   return {'queued', ARGV[1]}
 end
 if status == 'running' then
@@ -203,12 +236,15 @@ if status == 'running' then
 end
 return {status, redis.call('HGET', KEYS[1], 'result') or ''}
 """
+)
 
 # Producers' messages wait in kombu's lists (LPUSHed, so the newest first) as JSON whose
 # `headers` carry the task name and id. This finds the id without decoding the body (base64,
 # up to megabytes): after "headers", the key "id" follows a `{` or `,` outside any string
 # (a quote inside a JSON string is escaped). Only ids of the allowed charset are taken.
-_ADOPT = """
+_ADOPT = (
+    INDEX_LUA
+    + """
 if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[8]) then return false end
 local budget, bytes = tonumber(ARGV[7]), tonumber(ARGV[10])
 local adopted = {}
@@ -231,6 +267,7 @@ for k = 4, #KEYS do
         redis.call('XADD', ARGV[11] .. id, 'MAXLEN', '~', ARGV[12], '*', 'e', 'status',
                    'd', ARGV[13])
         redis.call('EXPIRE', ARGV[11] .. id, ARGV[4])
+        history_index(ARGV[1] .. id, id, '')
         adopted[#adopted + 1] = id
       end
     end
@@ -239,8 +276,12 @@ for k = 4, #KEYS do
 end
 return adopted
 """
+)
 
-_SWEEP = """
+_SWEEP = (
+    INDEX_LUA
+    + MINUTE_LUA
+    + """
 local lost = {}
 local entries = redis.call('HGETALL', KEYS[1])
 for i = 1, #entries, 2 do
@@ -262,12 +303,15 @@ for i = 1, #entries, 2 do
       redis.call('XADD', ARGV[9] .. id, 'MAXLEN', '~', ARGV[10], '*', 'e', 'result', 'd', '')
       redis.call('EXPIRE', ARGV[9] .. id, ARGV[4])
       redis.call('PUBLISH', ARGV[8], id)
+      history_index(rec, id, '')
+      count_minute(ARGV[11], ARGV[12], ARGV[13])
       table.insert(lost, id)
     end
   end
 end
 return lost
 """
+)
 
 
 def safe_address(url: str) -> str:
@@ -453,10 +497,9 @@ class Store:
                     EVENTS + execution_id,
                     self.events_max_len,
                     _status_event("queued"),
+                    *index_args(self.ttl_s, now),
                 ],
             )
-        if outcome == "ok":
-            self._index(execution_id)
         if outcome == "full":
             raise QueueFull(f"{depth} executions are waiting (EXECUTOR_MAX_QUEUE is {max_queue})")
         if outcome == "no_workers":
@@ -576,10 +619,10 @@ class Store:
                     self.events_max_len,
                     _status_event("queued"),
                     _status_event("running"),
+                    *index_args(self.ttl_s, now),
                 ],
             )
         if reply[0] == "claimed":
-            self._index(execution_id)
             return Claim(
                 True, "running", now, float(reply[1]), str(reply[2]), incarnation, None, reply[3]
             )
@@ -593,11 +636,14 @@ class Store:
         payload: dict[str, Any],
         *,
         counter: str | None = None,
+        output: Sequence[tuple[str, str]] = (),
     ) -> bool:
         """Store the final `payload` and wake its waiter; False if the record was taken away.
 
         Only the incarnation that claimed the execution may finish it, once: a record already
-        finished as lost (or by the time-limit watchdog) is left as it is.
+        finished as lost (or by the time-limit watchdog) is left as it is. `output`: the live
+        output events (name, JSON data) not published yet, added to the execution's stream
+        ahead of its result entry, in the same step.
         """
         status = str(payload["status"])
         duration = payload.get("duration_ms")
@@ -623,12 +669,10 @@ class Store:
             EVENTS + execution_id,
             self.events_max_len,
         ]
+        args += [summary(payload, str(args[3])), *_minute_args(status, _latency_ms(payload))]
+        args += [json.dumps(output) if output else "", *index_args(self.ttl_s)]
         with self._translated("store a result"):
-            stored = bool(self._finish(keys, args))
-        if stored:
-            self._index(execution_id, summary(payload, str(args[3])))
-            self._count_minute(status, _latency_ms(payload))
-        return stored
+            return bool(self._finish(keys, args))
 
     # -- cancelling --------------------------------------------------------------------------
 
@@ -653,11 +697,10 @@ class Store:
         with self._translated("cancel an execution"):
             args += [metrics.executions("cancelled"), FINISHED, execution_id, CANCELS]
             args += [EVENTS + execution_id, self.events_max_len]
+            args += [*_minute_args("cancelled", None), *index_args(self.ttl_s, now)]
             outcome, result = self._cancel(keys, args)
         payload = json.loads(result) if result else None
         if outcome == "queued":
-            self._index(execution_id)  # no output to leave out of its item
-            self._count_minute("cancelled", None)
             return "queued", payload
         if outcome in ("unknown", "running"):
             return str(outcome), None
@@ -740,24 +783,12 @@ class Store:
             args += [self.history_size, metrics.SUBMITTED, ADOPT_LIMIT, every]
             args += [TASK_NAME.replace(".", "%."), ADOPT_BYTES]
             args += [EVENTS, self.events_max_len, _status_event("queued")]
+            args += index_args(self.ttl_s, now)
             with self._translated("look for producers' messages"):
                 adopted = self._adopt(keys, args)  # None: another process looks right now
             if adopted is not None:
-                for execution_id in adopted:
-                    self._index(str(execution_id))
                 return len(adopted)
         return 0
-
-    def _count_minute(self, status: str, latency_ms: float | None) -> None:
-        """Add one finished execution to this minute of the timeline (best effort: the
-        record is already final, and the page's charts may miss one)."""
-        key = MINUTE + str(timeline.minute_of(time.time()))
-        with contextlib.suppress(redis.RedisError):
-            pipe = self.redis.pipeline(transaction=False)
-            for name in timeline.fields_for(status, latency_ms):
-                pipe.hincrby(key, name, 1)
-            pipe.expire(key, timeline.KEY_TTL_S)
-            pipe.execute()
 
     def last_hour(self, now: float | None = None) -> list[timeline.Minute]:
         """The last hour, minute by minute, oldest first (executor.timeline)."""
@@ -782,21 +813,10 @@ class Store:
         with self._translated("look for lost executions"):
             args += [self.ttl_s, DONE_TTL_S, LOST_MESSAGE, metrics.executions("internal_error")]
             args += [FINISHED, EVENTS, self.events_max_len]
-            lost = cast(list[str], self._sweep(keys, args))
-        for execution_id in lost:
-            self._index(execution_id)
-            self._count_minute("internal_error", None)
-        return lost
+            args += [*_minute_args("internal_error", None), *index_args(self.ttl_s)]
+            return cast(list[str], self._sweep(keys, args))
 
     # -- history ---------------------------------------------------------------------------
-
-    def _index(self, execution_id: str, item: str = "") -> None:
-        """Re-index after a transition that took place: a failure here leaves the execution
-        out of some history listings, never fails the transition (logged instead)."""
-        try:
-            self._history.index(execution_id, item)
-        except redis.RedisError as e:
-            log.warning("execution %s: not indexed in the history: %s", execution_id, e)
 
     def index_history(self, execution_id: str) -> None:
         """Re-index `execution_id` in the history after a change of its record's status,
@@ -896,6 +916,13 @@ def _latency_ms(payload: Mapping[str, Any]) -> float | None:
     if not isinstance(duration, int | float):
         return None
     return float(duration) + (float(queued) if isinstance(queued, int | float) else 0.0)
+
+
+def _minute_args(status: str, latency_ms: float | None) -> list[str | int | float]:
+    """MINUTE_LUA's parameters: one execution that ended as `status` after `latency_ms`,
+    in this minute of the timeline (executor.timeline)."""
+    key = MINUTE + str(timeline.minute_of(time.time()))
+    return [key, " ".join(timeline.fields_for(status, latency_ms)), timeline.KEY_TTL_S]
 
 
 def _record(execution_id: str) -> str:

@@ -8,6 +8,7 @@ import io
 import json
 import struct
 import threading
+import time
 from collections.abc import Sequence
 
 from executor import sse
@@ -43,14 +44,55 @@ class RecordingStreams:
 
 
 def published(cap: int, *frames: tuple[bytes, bytes], cut: tuple[bool, bool] = (False, False)):
+    """What the publisher published, then what `end()` handed to the finish, as the stream
+    ends up holding them."""
     streams = RecordingStreams()
     publisher = OutputPublisher(streams, cap)  # type: ignore[arg-type]
-    with publisher.open("x1") as live:
-        for kind, data in frames:
-            live.write(kind, data)
-        live.truncated(*cut)
+    live = publisher.open("x1")
+    for kind, data in frames:
+        live.write(kind, data)
+    live.truncated(*cut)
+    rest = live.end()
     publisher.stop()
-    return streams.entries
+    return streams.entries + [("x1", name, json.loads(data)) for name, data in rest]
+
+
+class SlowStreams(RecordingStreams):
+    """Publishes only when let: what `end()` finds queued is then still queued."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+
+    def publish(self, entries: Sequence[tuple[str, str, str]]) -> None:
+        self.go.wait(10)
+        super().publish(entries)
+
+
+def test_end_waits_for_what_is_being_published_and_takes_the_rest_in_order():
+    streams = SlowStreams()
+    publisher = OutputPublisher(streams, 1000)  # type: ignore[arg-type]
+    live, other = publisher.open("x1"), publisher.open("x2")
+    live.write(b"O", b"first")
+    deadline = time.monotonic() + 10
+    while not publisher._publishing and time.monotonic() < deadline:  # the thread has it
+        time.sleep(0.001)
+    live.write(b"O", b"second")  # queued behind the batch being published
+    other.write(b"O", b"theirs")
+    live.write(b"E", b"\xc3")  # half a character: U+FFFD at the end
+    threading.Timer(0.2, streams.go.set).start()
+    rest = live.end()
+    # The first chunk was out before end() returned; the rest is handed over, in order.
+    assert [(i, n, d["data"]) for i, n, d in streams.entries][:1] == [("x1", "stdout", "first")]
+    assert [(n, json.loads(d)["data"]) for n, d in rest] == [
+        ("stdout", "second"),
+        ("stderr", "\ufffd"),
+    ]
+    live.write(b"O", b"late")  # after the end: dropped
+    other.close()  # another execution's output is still published by the thread
+    publisher.stop()
+    assert ("x2", "stdout", "theirs") in [(i, n, d["data"]) for i, n, d in streams.entries]
+    assert "late" not in text(streams.entries, "stdout") + "".join(d for _, d in rest)
 
 
 def text(entries: list[tuple[str, str, dict[str, object]]], name: str) -> str:
