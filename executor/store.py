@@ -98,6 +98,9 @@ ADOPT_BYTES = 8 << 20  # and at most this much of them (a producer's message hol
 ADOPT_EVERY_MS = 1000  # the workers' looks, together, at most once per this
 ADOPT_ON_DEMAND_MS = 200  # the API's looks (an unknown id asked for), at most once per this
 DONE_TTL_S = 30  # how long a finished payload waits for the POST /execute that asked for it
+# A finished payload up to this size rides on its FINISHED message, so that its waiters have
+# it at once; a larger one is only LPUSHed (a waiter pops it), not sent to every API process.
+INLINE_PAYLOAD_MAX = 64 << 10
 WAIT_SLICE_S = 2.0  # one wait; between slices the waiter looks for a lost worker
 POOL_SIZE = 64  # Redis connections per process
 EVENTS_MAX_LEN = 10000  # entries kept of an execution's event stream (EXECUTOR_EVENTS_MAX_LEN)
@@ -202,7 +205,11 @@ if ARGV[18] ~= '' then  -- the live output not published yet: before the result 
 end
 redis.call('XADD', ARGV[12], 'MAXLEN', '~', ARGV[13], '*', 'e', 'result', 'd', '')
 redis.call('EXPIRE', ARGV[12], ARGV[6])
-redis.call('PUBLISH', ARGV[11], ARGV[1])
+if #ARGV[4] <= tonumber(ARGV[19]) then  -- a waiter needs no second round trip for it
+  redis.call('PUBLISH', ARGV[11], ARGV[1] .. '\\n' .. ARGV[4])
+else
+  redis.call('PUBLISH', ARGV[11], ARGV[1])
+end
 history_index(KEYS[1], ARGV[1], ARGV[14])
 count_minute(ARGV[15], ARGV[16], ARGV[17])
 return 1
@@ -543,14 +550,16 @@ class Store:
         Waits at most WAIT_SLICE_S, holding no Redis connection meanwhile.
         """
         timeout = max(0.01, min(seconds, WAIT_SLICE_S))
-        event = self._finishes.watch(execution_id)
+        waiter = self._finishes.watch(execution_id)
         try:
             payload = self._pop_done(execution_id)
-            if payload is None and event.wait(timeout):
+            if payload is None and waiter.wait(timeout):
+                if waiter.payload is not None:  # it came with the message
+                    return cast(dict[str, Any], json.loads(waiter.payload))
                 payload = self._pop_done(execution_id)
             return payload
         finally:
-            self._finishes.unwatch(execution_id, event)
+            self._finishes.unwatch(execution_id, waiter)
 
     def _pop_done(self, execution_id: str) -> dict[str, Any] | None:
         with self._translated("wait for a result"):
@@ -670,7 +679,8 @@ class Store:
             self.events_max_len,
         ]
         args += [summary(payload, str(args[3])), *_minute_args(status, _latency_ms(payload))]
-        args += [json.dumps(output) if output else "", *index_args(self.ttl_s)]
+        args += [json.dumps(output) if output else "", INLINE_PAYLOAD_MAX]
+        args += index_args(self.ttl_s)
         with self._translated("store a result"):
             return bool(self._finish(keys, args))
 
@@ -749,15 +759,15 @@ class Store:
     def wait_finished(self, execution_id: str, seconds: float) -> Record | None:
         """The record of `execution_id`, once finished or after `seconds` (at most a slice),
         whichever comes first; without taking its payload from a POST /execute waiter."""
-        event = self._finishes.watch(execution_id)
+        waiter = self._finishes.watch(execution_id)
         try:
             record = self.get(execution_id)
             if record is not None and record.payload is None and seconds > 0:
-                event.wait(min(seconds, WAIT_SLICE_S))
+                waiter.wait(min(seconds, WAIT_SLICE_S))
                 record = self.get(execution_id)
             return record
         finally:
-            self._finishes.unwatch(execution_id, event)
+            self._finishes.unwatch(execution_id, waiter)
 
     # -- producers' messages -----------------------------------------------------------------
 
@@ -934,6 +944,22 @@ def _status_event(status: str) -> str:
     return json.dumps({"status": status})
 
 
+class _Waiter:
+    """Set when its execution finishes; `payload` is the final payload's JSON when the
+    FINISHED message carried it (see INLINE_PAYLOAD_MAX), else None (pop it from DONE)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()  # made now: gevent's, once the API is patched
+        self.payload: str | None = None
+
+    def set(self, payload: str | None) -> None:
+        self.payload = payload
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(timeout)
+
+
 class _Finishes:
     """This process's one subscription to FINISHED, and the waiters it wakes.
 
@@ -948,14 +974,14 @@ class _Finishes:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._lock = threading.Lock()
-        self._waiters: dict[str, set[threading.Event]] = {}
+        self._waiters: dict[str, set[_Waiter]] = {}
         self._subscribed = threading.Event()
         self._stopping = threading.Event()
         self._listener: threading.Thread | None = None
 
-    def watch(self, execution_id: str) -> threading.Event:
+    def watch(self, execution_id: str) -> _Waiter:
         """An event set when `execution_id` finishes from now on (unwatch it after)."""
-        event = threading.Event()
+        event = _Waiter()
         with self._lock:
             self._waiters.setdefault(execution_id, set()).add(event)
             if self._listener is None or not self._listener.is_alive():
@@ -967,7 +993,7 @@ class _Finishes:
         self._subscribed.wait(self.SUBSCRIBE_WAIT_S)
         return event
 
-    def unwatch(self, execution_id: str, event: threading.Event) -> None:
+    def unwatch(self, execution_id: str, event: _Waiter) -> None:
         with self._lock:
             events = self._waiters.get(execution_id)
             if events is not None:
@@ -990,15 +1016,16 @@ class _Finishes:
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=self.POLL_S)
                     if message is not None and message.get("type") == "message":
-                        self._wake(str(message["data"]))
+                        execution_id, _, payload = str(message["data"]).partition("\n")
+                        self._wake(execution_id, payload or None)
             except redis.RedisError:
                 self._stopping.wait(self.RETRY_S)  # waiters fall back on their slices
             finally:
                 self._subscribed.clear()
                 pubsub.close()
 
-    def _wake(self, execution_id: str) -> None:
+    def _wake(self, execution_id: str, payload: str | None) -> None:
         with self._lock:
             events = list(self._waiters.get(execution_id, ()))
         for event in events:
-            event.set()
+            event.set(payload)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -10,7 +11,7 @@ import pytest
 from celery import Celery
 
 from executor.errors import NoWorkers, QueueFull, RedisUnavailable
-from executor.store import HEARTBEAT_TTL_S, Store
+from executor.store import HEARTBEAT_TTL_S, INLINE_PAYLOAD_MAX, Store
 from tests.service.conftest import dead_port, flushed, redis_url
 
 pytestmark = [pytest.mark.service]
@@ -54,6 +55,28 @@ def test_a_record_goes_queued_running_finished(store: Store):
     counters = store.snapshot()["counters"]
     assert counters["executions_success"] == 1 and counters["submitted"] == 1
     assert counters["duration_ms_total"] == 30
+
+
+@pytest.mark.parametrize("stdout_bytes", [10, INLINE_PAYLOAD_MAX])
+def test_a_waiter_wakes_with_the_payload_small_ones_ride_on_the_message(
+    store: Store, stdout_bytes: int
+):
+    inc = alive(store)
+    execution_id = new_id()
+    store.submit(execution_id, "python", max_queue=10, request="{}")
+    store.claim(execution_id, "python", inc, "w")
+    payload = {"id": execution_id, "status": "success", "stdout": "x" * stdout_bytes}
+    got: list[object] = []
+    waiting = threading.Thread(target=lambda: got.append(store.wait(execution_id, 10)))
+    waiting.start()
+    time.sleep(0.3)  # the waiter watches (its first look found nothing)
+    assert store.finish(execution_id, inc, payload)
+    waiting.join(10)
+    assert got == [payload]
+    done = f"executor:done:{execution_id}"
+    # A small payload came with the message: its copy for later waiters is still there. A
+    # large one was not sent to every API process: the waiter popped it.
+    assert store.redis.llen(done) == (1 if stdout_bytes < INLINE_PAYLOAD_MAX else 0)
 
 
 def test_a_record_is_created_for_a_producer_that_bypassed_http(store: Store):
