@@ -9,7 +9,10 @@ shrinks to zero and falls back to a cold start. With no demand at all, the whole
 to the first profile (Python).
 A container leaves the pool exactly once: to one execution, or to the disposer when it is too
 old, its image has changed, its runner died, its language's target shrank, or the pool stops.
-Refills run in the background under a concurrency cap and back off while Docker fails.
+Refills run in the background under a concurrency cap and back off while Docker fails. The
+refill of a container handed out waits until its execution is over (`released()`), for at most
+REFILL_HOLD_S: creating a container is the engine's heaviest work, and on a small host it would
+otherwise compete for the CPU with the very program it replaces and with the answer's delivery.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 20.0
 MAX_BACKOFF_S = 30.0
+REFILL_HOLD_S = 0.25  # the longest a refill waits for the execution that took a container
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ class WarmPool:
         self._stopping = False
         self._backoff = 0.0
         self._backoff_until = 0.0
+        self._hold_until = 0.0  # refills wait until then, or until released()
+        self._holding = 0  # executions on a pooled container not released yet
         self._builders = ThreadPoolExecutor(max(1, refill_concurrency), "pool-refill")
         self._cap = max(1, refill_concurrency)
         self._thread: threading.Thread | None = None
@@ -145,6 +151,8 @@ class WarmPool:
                 container = queue.popleft()
                 if container.alive():
                     self.handed_out += 1
+                    self._holding += 1
+                    self._hold_until = time.monotonic() + REFILL_HOLD_S
                     self._cond.notify_all()
                     return container
                 self._dispose(container)
@@ -154,6 +162,14 @@ class WarmPool:
             # A profile the pool keeps warm, found empty: the pool is exhausted (a series).
             self.sandbox.events(metrics.POOL_MISSES, 1)
         return None
+
+    def released(self) -> None:
+        """An execution on a container of the pool is over (its result stored): refill."""
+        with self._cond:
+            self._holding = max(0, self._holding - 1)
+            if self._holding == 0:
+                self._hold_until = 0.0
+            self._cond.notify_all()
 
     def targets(self) -> dict[str, int]:
         """Each profile's share of the budget now."""
@@ -219,7 +235,12 @@ class WarmPool:
                 if self._stopping:
                     return
                 self._recycle_locked()
-                wanted = [] if time.monotonic() < self._backoff_until else self._wanted_locked()
+                now = time.monotonic()
+                held = self._hold_until - now
+                if held > 0:  # an execution that took one still runs
+                    self._cond.wait(timeout=min(held, 1.0))
+                    continue
+                wanted = [] if now < self._backoff_until else self._wanted_locked()
                 for name in wanted:
                     self._starting[name] += 1
                 if not wanted:

@@ -60,6 +60,7 @@ class Service(Protocol):
         execution_id: str,
         cancel: CancelToken | None = None,
         output: OutputSink | None = None,
+        later: list[Callable[[], None]] | None = None,
     ) -> RunResult: ...
     def pool_stats(self) -> dict[str, Any]: ...
     def ping(self) -> None: ...
@@ -215,6 +216,23 @@ class WorkerRuntime:
             return self._redelivered(execution_id, claim)
         if payload is None and claim.request:
             payload = json.loads(claim.request)  # an API submission: its stored request
+        # What the sandbox leaves to do once the result is stored: removing its containers
+        # and refilling the pool (Docker's busiest work) come after the answer, not during it.
+        later: list[Callable[[], None]] = []
+        try:
+            return self._run(payload, execution_id, claim, service, later)
+        finally:
+            for release in later:
+                release()
+
+    def _run(
+        self,
+        payload: Any,
+        execution_id: str,
+        claim: Claim,
+        service: Service,
+        later: list[Callable[[], None]],
+    ) -> dict[str, Any]:
         with (
             self.backstop.running(execution_id, _allowance(payload, self.settings)),
             self.cancellations.running(execution_id) as cancel,
@@ -232,7 +250,7 @@ class WorkerRuntime:
                 raise
             live = self.output.open(execution_id)
             try:
-                result = service.run(request, execution_id, cancel, live.write)
+                result = service.run(request, execution_id, cancel, live.write, later)
                 live.truncated(result.stdout_truncated, result.stderr_truncated)
             except ExecutorError as e:
                 live.close()  # the output it wrote, before the failure

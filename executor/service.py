@@ -6,8 +6,10 @@ data; only infrastructure faults raise (our own ExecutorError subclasses).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -96,11 +98,15 @@ class ExecutionService:
         execution_id: str,
         cancel: CancelToken | None = None,
         output: OutputSink | None = None,
+        later: list[Callable[[], None]] | None = None,
     ) -> RunResult:
         """Run `request` once in a fresh container (warm when one fits) and remove it after;
         `output` receives the program's output frames as they arrive.
 
         A `cancel` kills the container (see executor.cancellation): the result is `cancelled`.
+        With `later`, the removal of the containers (and the pool's refill of a warm one) is
+        appended there for the caller to call once it has stored the result; the program has
+        ended by then (its runner has reported, or the container was killed).
         """
         language = self.languages.get(request.language)
         if language is None:
@@ -122,14 +128,16 @@ class ExecutionService:
         result = None
         if warm is not None:
             try:
-                result = self._execute(warm, request, execution_id, cancel, output, warm=True)
+                result = self._execute(
+                    warm, request, execution_id, cancel, output, later, warm=True
+                )
             except ContainerLost as e:
                 # Nothing of the program ran: a fresh container may take it.
                 log.warning("execution %s: warm container lost (%s); going cold", execution_id, e)
         if result is None:
             cold = self.sandbox.prepare(language, limits.memory_mb, limits.cpus, execution_id)
-            result = self._execute(cold, request, execution_id, cancel, output, warm=False)
-        return self._resume(language, request, execution_id, result, cancel, output)
+            result = self._execute(cold, request, execution_id, cancel, output, later, warm=False)
+        return self._resume(language, request, execution_id, result, cancel, output, later)
 
     def _resume(
         self,
@@ -139,6 +147,7 @@ class ExecutionService:
         result: RunResult,
         cancel: CancelToken | None,
         output: OutputSink | None,
+        later: list[Callable[[], None]] | None,
     ) -> RunResult:
         """Run the test cases a sandbox's end left unrun in fresh sandboxes, one case's memory
         kill at a time: under gVisor it ends the whole sandbox, and the other cases still run.
@@ -152,7 +161,8 @@ class ExecutionService:
             rest = replace(request, tests=request.tests[at:])
             fresh = self.sandbox.prepare(language, limits.memory_mb, limits.cpus, execution_id)
             result = resumed(
-                result, self._execute(fresh, rest, execution_id, cancel, output, warm=False)
+                result,
+                self._execute(fresh, rest, execution_id, cancel, output, later, warm=False),
             )
         return result
 
@@ -163,13 +173,20 @@ class ExecutionService:
         execution_id: str,
         cancel: CancelToken | None,
         output: OutputSink | None,
+        later: list[Callable[[], None]] | None,
         warm: bool,
     ) -> RunResult:
-        """Run in `container`, then dispose of it whatever happened."""
+        """Run in `container`, then dispose of it whatever happened (or leave that to
+        `later`, see run())."""
         try:
             result = self.sandbox.execute(container, request, cancel, output)
-        finally:
-            self.dispose(container)
+        except BaseException:
+            self._release(container, warm)  # nothing to answer first
+            raise
+        if later is None:
+            self._release(container, warm)
+        else:
+            later.append(functools.partial(self._release, container, warm))
         result.warm = warm
         log.info(
             "execution %s: %s (exit %s, %d ms, %s container %s)",
@@ -181,6 +198,13 @@ class ExecutionService:
             container.id[:12],
         )
         return result
+
+    def _release(self, container: Container, warm: bool) -> None:
+        """Dispose of a container an execution is done with; a warm one's place in the pool
+        may be refilled now."""
+        self.dispose(container)
+        if warm:
+            self.pool.released()
 
     def dispose(self, container: Container) -> None:
         """Remove `container` in the background: removal is not on anyone's critical path."""

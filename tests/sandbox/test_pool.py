@@ -9,6 +9,7 @@ import pytest
 
 from executor.models import RunRequest
 from executor.policy import LABEL_WORKER
+from executor.pool import REFILL_HOLD_S
 from executor.sandbox import default_limits
 from executor.service import ExecutionService
 from tests.conftest import sandboxes, wait_gone
@@ -43,6 +44,25 @@ def test_pool_fills_to_its_size_and_hands_out_ready_containers(warm_service, raw
     r = run(warm_service, "print('warm')")
     assert (r.status, r.stdout, r.warm) == ("success", "warm\n", True)
     wait_warm(warm_service, 2)  # refilled in the background
+
+
+def test_a_refill_waits_for_the_execution_it_replaces_but_not_for_long(warm_service):
+    wait_warm(warm_service, 2)
+    python = warm_service.languages["python"]
+    limits = default_limits(warm_service.settings)
+    taken = warm_service.pool.take(python, limits.memory_mb, limits.cpus)
+    assert taken is not None
+    time.sleep(REFILL_HOLD_S / 5)
+    stats = warm_service.pool_stats()
+    assert (stats["warm"], stats["starting"]) == (1, 0)  # its execution still runs
+    warm_service.pool.released()
+    wait_warm(warm_service, 2)  # refilled once it is over
+    # One whose execution never says it is over is refilled all the same, a little later.
+    again = warm_service.pool.take(python, limits.memory_mb, limits.cpus)
+    assert again is not None
+    wait_warm(warm_service, 2)
+    for container in (taken, again):
+        warm_service.dispose(container)
 
 
 def test_a_container_is_never_reused(warm_service):

@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+import functools
 from dataclasses import replace
 from typing import Any
 
@@ -31,6 +32,8 @@ class FakeService:
         self.events = events
         self.behaviour = behaviour
         self.runs: list[tuple[RunRequest, str]] = []
+        self.released: list[str] = []
+        self.on_release: Callable[[str], None] | None = None
         self.started = self.stopped = False
 
     def start(self) -> None:
@@ -45,11 +48,22 @@ class FakeService:
         execution_id: str,
         cancel: CancelToken | None = None,
         output: OutputSink | None = None,
+        later: list[Callable[[], None]] | None = None,
     ) -> RunResult:
         self.runs.append((request, execution_id))
         self.events("containers_created", 1)
-        self.events("containers_removed", 1)
+        removed = functools.partial(self.release, execution_id)
+        if later is None:
+            removed()
+        else:
+            later.append(removed)
         return self.behaviour(request)
+
+    def release(self, execution_id: str) -> None:
+        self.released.append(execution_id)
+        if self.on_release is not None:
+            self.on_release(execution_id)
+        self.events("containers_removed", 1)
 
     def pool_stats(self) -> dict[str, Any]:
         return {"warm": 2, "target": 3, "starting": 1, "languages": {"c": {"warm": 2}}}
@@ -119,6 +133,21 @@ def test_a_run_becomes_the_contract_result(harness: Harness):
     assert service.runs[0][1] == execution_id
     record = runtime.store.get(execution_id)
     assert record and record.payload == body
+
+
+def test_the_sandbox_is_released_once_the_result_is_stored(harness: Harness):
+    runtime, service = harness()
+    execution_id = new_id()
+    seen: list[str | None] = []
+
+    def on_release(released: str) -> None:
+        record = runtime.store.get(released)
+        seen.append(record.status if record else None)
+
+    service.on_release = on_release
+    runtime.execute({"code": "print(1)"}, execution_id)
+    # Removal (and the pool's refill) come after the answer, never while it is stored.
+    assert service.released == [execution_id] and seen == ["success"]
 
 
 def test_the_programs_failure_is_a_result(harness: Harness):
