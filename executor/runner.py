@@ -36,6 +36,7 @@ Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian l
                  working directory, UTF-8), its content following in b"D" frames of at
                  most 64 KiB that add up to size (none for an empty file)
     b"R"         last frame: JSON {"files_truncated": bool}
+Frames that another always follows at once (b"a", b"B", b"T") go out in one write with it.
 
 Usage is the kernel's: the CPU time (user + system) of every process of the step, reaped by
 wait4 (the program and whatever it left behind, killed and reaped before the step's b"T"), and
@@ -89,6 +90,7 @@ DRAIN_AFTER_EXIT = 0.1  # seconds to collect output still in flight once the pro
 REAP_EVERY = 0.25  # seconds between reaping orphans while the program runs
 _HEADER = struct.Struct(">cI")
 _KEEP = []  # the runner's own module, kept alive while a program replaces __main__
+_HELD = bytearray()  # frames waiting to go out with the next one (see _hold)
 
 
 def _load_libc():
@@ -182,7 +184,23 @@ def _json(value):
 
 
 def _send(kind, data):
-    view = memoryview(_HEADER.pack(kind, len(data)) + data)
+    """Write one frame, after those held (see _hold)."""
+    _HELD.extend(_HEADER.pack(kind, len(data)) + data)
+    _flush()
+
+
+def _hold(kind, data):
+    """Queue a frame to go out with the next one: a frame that something else always follows
+    at once (the next case's b"c", the final b"R") costs no write, and no wake-up of the
+    worker, of its own. Every spawn of a program step and every exit sends what is held first,
+    so a held b"a" still precedes anything of the program, and nothing held is ever lost."""
+    _HELD.extend(_HEADER.pack(kind, len(data)) + data)
+
+
+def _flush():
+    """Write the frames held."""
+    view = memoryview(bytes(_HELD))
+    _HELD.clear()
     while view:
         view = view[os.write(1, view) :]
 
@@ -424,6 +442,7 @@ def _finalize(main, status, interrupted):
 
 def _spawn(argv, stdin_fd, inline_path, uid, pipes, nproc, env):
     (out_r, out_w), (err_r, err_w) = pipes
+    _flush()  # what is held goes out before anything of the program runs
     pid = os.fork()
     if pid == 0:
         try:
@@ -805,7 +824,7 @@ def main():
     _send(b"r", b"")
     request = _read_request(0)
     received = time.monotonic()
-    _send(b"a", b"")
+    _hold(b"a", b"")  # out with the first case (or the build), before it starts
 
     def number(name, default=None):
         values = request.get(name)
@@ -833,7 +852,7 @@ def main():
         build_started = time.monotonic()
         timeout = number("compile_timeout", 30.0)
         step = _run_step(argv("compile"), None, None, timeout, (b"o", b"e"), limit, uid, nproc, env)
-        _send(b"B", _json(step).encode())
+        _hold(b"B", _json(step).encode())  # the first case's b"c", or b"R", follows at once
         built = step["exit_code"] == 0
         received += time.monotonic() - build_started  # the build had its own time limit
     if built:
@@ -847,7 +866,7 @@ def main():
             step = _run_step(
                 command, stdin, inline, budget, (b"O", b"E"), limit, uid, nproc, env, shared
             )
-            _send(b"T", _json(step).encode())
+            _hold(b"T", _json(step).encode())  # the next b"c", b"F" or b"R" follows at once
             budget = number("timeout")  # each case has the whole timeout to itself
     patterns = request.get("output")
     if patterns:
@@ -864,8 +883,15 @@ if __name__ == "__main__":
     except _Inline as child:
         inline = (child.path, child.args_)  # run it outside this handler: no __context__
     except (WorkerGone, EOFError, Unsettled):
+        try:
+            _flush()
+        except OSError:
+            pass  # the worker is gone
         _clear()
         os._exit(3)  # nobody is listening, or it is not safe to go on: end the container
+    except BaseException:
+        _flush()  # what was held is true: the worker gets it before the runner's end
+        raise
     if inline is not None:
         _child_inline(*inline)  # in the program's process; never returns
     _clear()
