@@ -9,10 +9,12 @@ shrinks to zero and falls back to a cold start. With no demand at all, the whole
 to the first profile (Python).
 A container leaves the pool exactly once: to one execution, or to the disposer when it is too
 old, its image has changed, its runner died, its language's target shrank, or the pool stops.
-Refills run in the background under a concurrency cap and back off while Docker fails. The
-refill of a container handed out waits until its execution is over (`released()`), for at most
-REFILL_HOLD_S: creating a container is the engine's heaviest work, and on a small host it would
-otherwise compete for the CPU with the very program it replaces and with the answer's delivery.
+Refills run in the background under a concurrency cap and back off while Docker fails. While
+a language still has a warm container left, the refill of one handed out waits until its
+execution is over (`released()`), for at most REFILL_HOLD_S: creating a container is the
+engine's heaviest work, and on a small host it would otherwise compete for the CPU with the
+very program it replaces and with the answer's delivery. A take that empties its language's
+pool, or finds it empty, is refilled at once: under load nothing waits.
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ class WarmPool:
         self._stopping = False
         self._backoff = 0.0
         self._backoff_until = 0.0
-        self._hold_until = 0.0  # refills wait until then, or until released()
-        self._holding = 0  # executions on a pooled container not released yet
+        # Per profile, the deadlines of the refills that wait for an execution (see above).
+        self._held: dict[str, deque[float]] = {name: deque() for name in self.profiles}
         self._builders = ThreadPoolExecutor(max(1, refill_concurrency), "pool-refill")
         self._cap = max(1, refill_concurrency)
         self._thread: threading.Thread | None = None
@@ -132,7 +134,7 @@ class WarmPool:
             for name in list(self.profiles):
                 if self.profiles[name].language.name not in names:
                     del self.profiles[name], self._idle[name], self._starting[name]
-                    del self._demand[name]
+                    del self._demand[name], self._held[name]
 
     def start(self) -> None:
         if self.size <= 0 or not self.profiles or self._thread is not None:
@@ -151,25 +153,30 @@ class WarmPool:
                 container = queue.popleft()
                 if container.alive():
                     self.handed_out += 1
-                    self._holding += 1
-                    self._hold_until = time.monotonic() + REFILL_HOLD_S
+                    if queue:  # one is left for the next request: this refill may wait
+                        self._held[name].append(time.monotonic() + REFILL_HOLD_S)
+                    else:
+                        self._held[name].clear()
                     self._cond.notify_all()
                     return container
                 self._dispose(container)
             self.misses += 1
+            if name in self._held:
+                self._held[name].clear()  # it ran dry: refill now
             self._cond.notify_all()
         if queue is not None and self.size > 0:
             # A profile the pool keeps warm, found empty: the pool is exhausted (a series).
             self.sandbox.events(metrics.POOL_MISSES, 1)
         return None
 
-    def released(self) -> None:
-        """An execution on a container of the pool is over (its result stored): refill."""
+    def released(self, container: Container) -> None:
+        """The execution on `container` (taken from the pool) is over, its result stored:
+        a refill that waited for it may start."""
         with self._cond:
-            self._holding = max(0, self._holding - 1)
-            if self._holding == 0:
-                self._hold_until = 0.0
-            self._cond.notify_all()
+            held = self._held.get(container.profile)
+            if held:
+                held.popleft()
+                self._cond.notify_all()
 
     def targets(self) -> dict[str, int]:
         """Each profile's share of the budget now."""
@@ -236,15 +243,12 @@ class WarmPool:
                     return
                 self._recycle_locked()
                 now = time.monotonic()
-                held = self._hold_until - now
-                if held > 0:  # an execution that took one still runs
-                    self._cond.wait(timeout=min(held, 1.0))
-                    continue
-                wanted = [] if now < self._backoff_until else self._wanted_locked()
+                wanted = [] if now < self._backoff_until else self._wanted_locked(now)
                 for name in wanted:
                     self._starting[name] += 1
                 if not wanted:
-                    self._cond.wait(timeout=1.0)
+                    holds = [h[0] for h in self._held.values() if h]
+                    self._cond.wait(timeout=min([1.0, *(max(0.0, h - now) for h in holds)]))
                     continue
             for name in wanted:
                 future = self._builders.submit(self._build, self.profiles[name])
@@ -258,7 +262,10 @@ class WarmPool:
             except Exception as e:  # noqa: BLE001 - refills report it through backoff
                 log.debug("image check failed: %s", e)
 
-    def _wanted_locked(self) -> list[str]:
+    def _wanted_locked(self, now: float) -> list[str]:
+        for held in self._held.values():
+            while held and held[0] <= now:  # waited long enough
+                held.popleft()
         wanted: list[str] = []
         in_flight = sum(self._starting.values())
         targets = self._targets_locked()
@@ -266,6 +273,7 @@ class WarmPool:
         room = self.size - sum(len(q) for q in self._idle.values()) - in_flight
         for name in sorted(self.profiles, key=lambda n: -targets[n]):
             short = targets[name] - len(self._idle[name]) - self._starting[name]
+            short -= len(self._held[name])  # their executions still run
             missing = min(room - len(wanted), short)
             for _ in range(max(0, missing)):
                 if in_flight + len(wanted) >= self._cap:

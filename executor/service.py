@@ -204,7 +204,7 @@ class ExecutionService:
         may be refilled now."""
         self.dispose(container)
         if warm:
-            self.pool.released()
+            self.pool.released(container)
 
     def dispose(self, container: Container) -> None:
         """Remove `container` in the background: removal is not on anyone's critical path."""
