@@ -195,8 +195,9 @@ def sandboxes(raw_docker: docker.DockerClient, **labels: str) -> list[str]:
     return [c["Id"] for c in raw_docker.api.containers(all=True, filters={"label": wanted})]
 
 
-def wait_gone(raw_docker: docker.DockerClient, timeout: float = 15, **labels: str) -> list[str]:
-    """Wait until no sandbox with `labels` is left; return what is still there after timeout."""
+def wait_gone(raw_docker: docker.DockerClient, timeout: float = 60, **labels: str) -> list[str]:
+    """Wait until no sandbox with `labels` is left; return what is still there after timeout
+    (generous: under gVisor on a loaded host, a fork bomb's sandbox took over 15 s to go)."""
     deadline = time.monotonic() + timeout
     left = sandboxes(raw_docker, **labels)
     while left and time.monotonic() < deadline:
