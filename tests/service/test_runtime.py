@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-import functools
 from dataclasses import replace
 from typing import Any
 
