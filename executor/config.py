@@ -196,6 +196,8 @@ class Settings:
     python_image: str = _setting("EXECUTOR_PYTHON_IMAGE", "executor-python:3.11", _str)
     # Operator-approved extra images, (language, image) pairs, by tag or digest.
     images: tuple[tuple[str, str], ...] = _setting("EXECUTOR_IMAGES", (), _images)
+    # The worker's cache of build products (compiled languages), in MiB; 0 turns it off.
+    build_cache_mb: int = _setting("EXECUTOR_BUILD_CACHE_MB", 256, _int(0))
     docker_api_version: str = _setting("EXECUTOR_DOCKER_API_VERSION", "1.41", _str)
     # Seconds per Docker API call.
     docker_timeout: float = _setting("EXECUTOR_DOCKER_TIMEOUT", 30.0, _float(1.0))
