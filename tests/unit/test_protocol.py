@@ -337,7 +337,9 @@ def test_build_products_come_only_when_asked_after_a_good_build_and_before_the_r
     assert "out of order" in built_reply(frame(b"P", b"755 0 main"), products_max=0).broken
     failed = built_reply(frame(b"P", b"755 0 main"), build=result(exit_code=1))
     assert failed.broken and not failed.products
-    timed_out = built_reply(frame(b"P", b"755 0 main"), build=result(exit_code=None, timed_out=True))
+    timed_out = built_reply(
+        frame(b"P", b"755 0 main"), build=result(exit_code=None, timed_out=True)
+    )
     assert timed_out.broken
     late = Reply(1024, products_max=100)
     late.feed(docker(frame(b"r") + frame(b"a") + frame(b"B", result()) + run()))
