@@ -26,6 +26,10 @@ starts as before.
 Every step runs in the sandbox's working directory /tmp (a tmpfs, the only writable place),
 so compilers keep their caches and temporary files there.
 
+EXECUTOR_IMAGE_TAG runs every language's image under another tag (Python's is
+EXECUTOR_PYTHON_IMAGE): the images `IMAGE_TAG=<tag> scripts/build-images.sh languages` builds
+beside the registry's.
+
 Operators add images with EXECUTOR_IMAGES: `language=image` pairs (comma-separated, by tag or
 digest), each an extra image a request may choose for that language with "image".
 """
@@ -271,7 +275,11 @@ def languages(settings: Settings) -> dict[str, Language]:
         extras[name] = (*extras.get(name, ()), image)
     result = {}
     for lang in REGISTRY:
-        image = settings.python_image if lang.name == "python" else lang.image
+        image = lang.image
+        if lang.name == "python":
+            image = settings.python_image
+        elif settings.image_tag:  # as scripts/build-images.sh tags them with IMAGE_TAG
+            image = f"{image.partition(':')[0]}:{settings.image_tag}"
         result[lang.name] = replace(lang, image=image, extra_images=extras.get(lang.name, ()))
     return result
 
