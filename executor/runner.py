@@ -768,9 +768,9 @@ class _Files:
             if info.st_size > self.left:
                 self.truncated = True
                 return
-            data = b""
+            data = bytearray()  # grows in place: a large file is not copied at every read
             while len(data) <= info.st_size:
-                chunk = os.read(fd, min(CHUNK, info.st_size + 1 - len(data)))
+                chunk = os.read(fd, min(1 << 20, info.st_size + 1 - len(data)))
                 if not chunk:
                     break
                 data += chunk

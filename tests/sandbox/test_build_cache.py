@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from executor import metrics
 from executor.languages import REGISTRY
 from executor.models import File, RunRequest
 from executor.sandbox import default_limits
@@ -137,8 +139,29 @@ def test_a_build_over_its_share_of_the_cache_is_not_kept(settings: Any):
         svc.stop()
 
 
+def test_lookups_are_counted_as_hits_and_misses(settings: Any):
+    counted: Counter[str] = Counter()
+    svc = ExecutionService(settings, lambda name, n: counted.update({name: n}))
+    try:
+        code = unique(PROGRAMS["c"]["hello"])
+        for n in range(2):
+            request = RunRequest(
+                code=code,
+                language="c",
+                limits=default_limits(svc.settings),
+                image=language_image("c"),
+            )
+            assert svc.run(request, f"66666666-6666-4666-8666-66666666668{n}").status == "success"
+    finally:
+        svc.stop()
+    assert (counted[metrics.BUILD_CACHE_MISSES], counted[metrics.BUILD_CACHE_HITS]) == (1, 1)
+
+
 def test_the_build_cache_can_be_turned_off(settings: Any):
-    svc = ExecutionService(replace(settings, build_cache_mb=0))
+    counted: Counter[str] = Counter()
+    svc = ExecutionService(
+        replace(settings, build_cache_mb=0), lambda name, n: counted.update({name: n})
+    )
     try:
         code = unique(PROGRAMS["c"]["hello"])
         for n in range(2):
@@ -153,3 +176,4 @@ def test_the_build_cache_can_be_turned_off(settings: Any):
             assert result.compile is not None and not result.compile.cached
     finally:
         svc.stop()
+    assert counted[metrics.BUILD_CACHE_HITS] == counted[metrics.BUILD_CACHE_MISSES] == 0

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 
 from executor.build_cache import Build, BuildCache, build_key
-from executor.config import Settings
-from executor.languages import languages
+from executor.config import Settings, SettingsError
+from executor.languages import NODE_SNAPSHOT_MEMORY, languages, steps
 from executor.models import File, Limits, RunRequest, TestCase
 from executor.protocol import Product, encode_request
 
@@ -120,3 +120,25 @@ def test_a_miss_asks_for_the_products_and_a_hit_sends_them_in_place_of_the_build
     assert [v for n, v in hit if n == b"built_content"] == [b"\x7fELF", b""]
     plain = [n for n, _ in fields(encode_request(REQUEST, lang, 1024))]
     assert b"product" not in plain and b"built" not in plain
+
+
+def test_an_image_tag_runs_every_language_but_python_under_it():
+    tagged = languages(Settings.from_env({"EXECUTOR_IMAGE_TAG": "mine"}))
+    assert tagged["c"].image == "executor-c:mine"
+    assert tagged["javascript"].image == "executor-javascript:mine"
+    assert tagged["python"].image == Settings().python_image  # EXECUTOR_PYTHON_IMAGE's
+    with pytest.raises(SettingsError, match="EXECUTOR_IMAGE_TAG"):
+        Settings.from_env({"EXECUTOR_IMAGE_TAG": "a:b"})
+
+
+def test_nodes_startup_snapshot_is_named_only_for_a_heap_the_images_have():
+    js = LANGS["javascript"]
+    default = steps(js, "console.log(1)", 512).run
+    assert default == (
+        "node",
+        "--max-old-space-size=368",
+        "--snapshot-blob=/usr/local/lib/node-snapshot/heap-368.blob",
+        "main.js",
+    )
+    assert steps(js, "console.log(1)", 300).run == ("node", "--max-old-space-size=209", "main.js")
+    assert all(memory in NODE_SNAPSHOT_MEMORY for memory in (64, 128, 256, 512, 1024, 2048))
