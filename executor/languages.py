@@ -216,7 +216,20 @@ REGISTRY: tuple[Language, ...] = (
         image="executor-rust:1.63",
         packages=("rustc",),
         source_file="main.rs",
-        compile=("rustc", "--edition", "2021", "-O", "-o", "main", "main.rs"),
+        # Without the standard library's debug info (as cargo's release profile builds since
+        # Rust 1.77): 0.45 MB instead of 11.6, a third less link time; a panic's message and
+        # backtrace still name the program's own file, line and functions.
+        compile=(
+            "rustc",
+            "--edition",
+            "2021",
+            "-O",
+            "-C",
+            "strip=debuginfo",
+            "-o",
+            "main",
+            "main.rs",
+        ),
         compile_timeout=60.0,
         products=("main",),
         run=("./main",),

@@ -257,7 +257,7 @@ class Sandbox:
                 f"container {container.id[:12]} ended before its program arrived: {e}"
             ) from None
         started, started_wall = time.monotonic(), time.time()
-        build_s = language.compile_timeout if language.compile else 0.0
+        build_s = language.compile_timeout if language.compile and cached is None else 0.0
         budget = run_seconds(limits.timeout, runs, build_s, bool(request.outputs))
         # Until the runner takes the program, a cold one may still be booting.
         deadline = started + budget + self.settings.docker_timeout
