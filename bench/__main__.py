@@ -47,6 +47,7 @@ from executor.sandbox import default_limits
 from executor.service import ExecutionService
 
 CODE = "print(1)"
+IMAGE_SETTINGS = ("EXECUTOR_PYTHON_IMAGE", "EXECUTOR_IMAGE_TAG", "EXECUTOR_IMAGES")
 
 
 def pct(samples: list[float]) -> tuple[float, float, float]:
@@ -265,7 +266,11 @@ def main() -> int:
     levels = [int(x) for x in args.levels.split(",")]
     n = args.n
 
-    settings = Settings.from_env({"DOCKER_HOST": args.upstream, "HOSTNAME": "bench-inproc"})
+    # The images under test are the stack's (the environment's); nothing else of it is used.
+    images = {k: v for k, v in os.environ.items() if k in IMAGE_SETTINGS}
+    settings = Settings.from_env(
+        {**images, "DOCKER_HOST": args.upstream, "HOSTNAME": "bench-inproc"}
+    )
     raw = docker.DockerClient(base_url=args.upstream, version="1.41", timeout=60)
     naive = Naive(args.upstream, settings)
     print(

@@ -3,6 +3,10 @@
 naive  the docker SDK path with the same hardening and the same image: one container per run
        that writes the program, builds it (compiled languages) and runs it, then logs + remove
 e2e    POST /execute of the same program end to end, warm
+For a compiled language two rows: "cached", the same program each time, as a judge runs it
+again (after the first run the worker's build cache has its build: `compile.cached`, counted in
+the build-cached column), and "new program", a program made different each run by a comment,
+so every run builds.
 Then the service's own overhead (end to end less the program's build and run, as the result
 reports them) and the memory of an idle warm container of the language.
 """
@@ -20,7 +24,7 @@ import docker
 
 from bench.naive import BENCH_LABEL, naive_run
 from executor.config import Settings
-from executor.languages import REGISTRY, steps
+from executor.languages import REGISTRY, languages, steps
 from executor.models import Language
 from executor.service import ExecutionService
 
@@ -64,10 +68,13 @@ class Sample:
     e2e_ms: float
     overhead_ms: float
     warm: bool
+    cached: bool = False
 
 
-def api_once(conn: http.client.HTTPConnection, language: str) -> Sample:
-    body = json.dumps({"code": HELLO[language], "language": language})
+def api_once(conn: http.client.HTTPConnection, language: str, nonce: str = "") -> Sample:
+    """One warm POST /execute; `nonce` makes the program new (a comment: it builds again)."""
+    code = HELLO[language] + (f"\n// {nonce}\n" if nonce else "")
+    body = json.dumps({"code": code, "language": language})
     began = time.perf_counter()
     conn.request("POST", "/execute", body, {"Content-Type": "application/json"})
     response = conn.getresponse()
@@ -75,8 +82,9 @@ def api_once(conn: http.client.HTTPConnection, language: str) -> Sample:
     e2e = (time.perf_counter() - began) * 1000
     if response.status != 200 or data.get("stdout") != "1\n":
         raise RuntimeError(f"{language}: HTTP {response.status}: {str(data)[:300]}")
-    build = (data.get("compile") or {}).get("duration_ms", 0)
-    return Sample(e2e, e2e - data["duration_ms"] - build, bool(data.get("warm")))
+    build = data.get("compile") or {}
+    overhead = e2e - data["duration_ms"] - build.get("duration_ms", 0)
+    return Sample(e2e, overhead, bool(data.get("warm")), bool(build.get("cached")))
 
 
 def idle_memory(settings: Settings, language: Language, raw: docker.DockerClient) -> int:
@@ -110,6 +118,7 @@ class Row:
     overhead_p50: float
     warm: str
     idle_mib: float
+    cached: str = "-"  # the runs whose build came from the build cache (compiled languages)
 
 
 def language_table(
@@ -121,14 +130,13 @@ def language_table(
     rows: list[Row] = []
     print(
         "\n| language | naive p50 ms | naive p95 ms | warm e2e p50 ms | warm e2e p95 ms"
-        " | e2e / naive p50 | overhead p50 ms | warm | idle MiB |"
-        "\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " | e2e / naive p50 | overhead p50 ms | warm | build cached | idle MiB |"
+        "\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         flush=True,
     )
+    configured = languages(settings)  # the images the stack runs
     for language in REGISTRY:
-        lang = language
-        if language.name == "python":
-            lang = replace(language, image=settings.python_image)
+        lang = configured[language.name]
         naive_once(client, settings, lang)
         naive = []
         for _ in range(n):
@@ -138,41 +146,58 @@ def language_table(
         conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=180)
         api_once(conn, language.name)  # demand: the pool turns to this language
         time.sleep(1.5)
-        samples = []
-        for _ in range(n):
-            time.sleep(0.5)  # let the pool refill, as between requests of a steady load
-            samples.append(api_once(conn, language.name))
+        idle = idle_memory(through_proxy, lang, client) / 1024 / 1024
+        variants = [("", False)] + ([(" (new program)", True)] if language.compiled else [])
+        for suffix, new in variants:
+            samples = []
+            for i in range(n):
+                time.sleep(0.5)  # let the pool refill, as between requests of a steady load
+                nonce = f"run {time.time_ns()} {i}" if new else ""
+                samples.append(api_once(conn, language.name, nonce))
+            row = Row(
+                language=language.name + suffix,
+                naive_p50=pct(naive, 0.5),
+                naive_p95=pct(naive, 0.95),
+                e2e_p50=pct([s.e2e_ms for s in samples], 0.5),
+                e2e_p95=pct([s.e2e_ms for s in samples], 0.95),
+                overhead_p50=pct([s.overhead_ms for s in samples], 0.5),
+                warm=f"{sum(s.warm for s in samples)}/{len(samples)}",
+                idle_mib=idle,
+                cached=(
+                    f"{sum(s.cached for s in samples)}/{len(samples)}" if language.compiled else "-"
+                ),
+            )
+            rows.append(row)
+            print(
+                f"| {row.language} | {row.naive_p50:.0f} | {row.naive_p95:.0f}"
+                f" | {row.e2e_p50:.0f} | {row.e2e_p95:.0f} | {row.e2e_p50 / row.naive_p50:.2f}"
+                f" | {row.overhead_p50:.1f} | {row.warm} | {row.cached} | {row.idle_mib:.1f} |",
+                flush=True,
+            )
         conn.close()
-        row = Row(
-            language=language.name,
-            naive_p50=pct(naive, 0.5),
-            naive_p95=pct(naive, 0.95),
-            e2e_p50=pct([s.e2e_ms for s in samples], 0.5),
-            e2e_p95=pct([s.e2e_ms for s in samples], 0.95),
-            overhead_p50=pct([s.overhead_ms for s in samples], 0.5),
-            warm=f"{sum(s.warm for s in samples)}/{len(samples)}",
-            idle_mib=idle_memory(through_proxy, lang, client) / 1024 / 1024,
-        )
-        rows.append(row)
-        print(
-            f"| {row.language} | {row.naive_p50:.0f} | {row.naive_p95:.0f} | {row.e2e_p50:.0f}"
-            f" | {row.e2e_p95:.0f} | {row.e2e_p50 / row.naive_p50:.2f} | {row.overhead_p50:.1f}"
-            f" | {row.warm} | {row.idle_mib:.1f} |",
-            flush=True,
-        )
     for leftover in client.api.containers(all=True, filters={"label": BENCH_LABEL}):
         client.api.remove_container(leftover["Id"], force=True)
     client.close()
     base = rows[0].overhead_p50
-    met = {
-        "warm e2e p50 <= 0.5 x naive p50": [r for r in rows if r.e2e_p50 <= 0.5 * r.naive_p50],
-        f"overhead within 10 ms of Python's ({base:.1f} ms)": [
-            r for r in rows if abs(r.overhead_p50 - base) <= 10
-        ],
-        "idle warm container < 16 MiB": [r for r in rows if r.idle_mib < 16],
+    same = [r for r in rows if not r.language.endswith("(new program)")]
+    rebuilt = [r for r in rows if r not in same or r.cached == "-"]  # and the uncompiled
+    met: dict[str, tuple[list[Row], list[Row]]] = {
+        "warm e2e p50 <= 0.5 x naive p50 (the same program: builds cached)": (
+            same,
+            [r for r in same if r.e2e_p50 <= 0.5 * r.naive_p50],
+        ),
+        "warm e2e p50 <= 0.5 x naive p50 (a new program each run: every run builds)": (
+            rebuilt,
+            [r for r in rebuilt if r.e2e_p50 <= 0.5 * r.naive_p50],
+        ),
+        f"overhead within 10 ms of Python's ({base:.1f} ms)": (
+            rows,
+            [r for r in rows if abs(r.overhead_p50 - base) <= 10],
+        ),
+        "idle warm container < 16 MiB": (same, [r for r in same if r.idle_mib < 16]),
     }
     print("\n| target, per language | met | by |\n| --- | ---: | --- |")
-    for target, good in met.items():
+    for target, (measured, good) in met.items():
         names = ", ".join(r.language for r in good)
-        print(f"| {target} | {len(good)}/{len(rows)} | {names} |")
+        print(f"| {target} | {len(good)}/{len(measured)} | {names} |")
     return rows

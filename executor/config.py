@@ -70,6 +70,16 @@ def _list(name: str, raw: str) -> tuple[str, ...]:
 _IMAGE = re.compile(r"[a-z0-9][a-z0-9._/:@-]{0,250}")
 
 
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def _tag(name: str, raw: str) -> str:
+    """An image tag (Docker's rule), or empty."""
+    if raw and not _TAG.fullmatch(raw):
+        raise SettingsError(f"{name} must be an image tag, got {raw!r}")
+    return raw
+
+
 def _images(name: str, raw: str) -> tuple[tuple[str, str], ...]:
     """`language=image,...` pairs: the operator-approved extra images."""
     pairs = []
@@ -196,6 +206,11 @@ class Settings:
     python_image: str = _setting("EXECUTOR_PYTHON_IMAGE", "executor-python:3.11", _str)
     # Operator-approved extra images, (language, image) pairs, by tag or digest.
     images: tuple[tuple[str, str], ...] = _setting("EXECUTOR_IMAGES", (), _images)
+    # Every language's image under this tag instead of the registry's (Python's is
+    # python_image): the images `IMAGE_TAG=<tag> scripts/build-images.sh languages` builds.
+    image_tag: str = _setting("EXECUTOR_IMAGE_TAG", "", _tag)
+    # The worker's cache of build products (compiled languages), in MiB; 0 turns it off.
+    build_cache_mb: int = _setting("EXECUTOR_BUILD_CACHE_MB", 256, _int(0))
     docker_api_version: str = _setting("EXECUTOR_DOCKER_API_VERSION", "1.41", _str)
     # Seconds per Docker API call.
     docker_timeout: float = _setting("EXECUTOR_DOCKER_TIMEOUT", 30.0, _float(1.0))

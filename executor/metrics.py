@@ -38,6 +38,8 @@ CONTAINERS_REMOVED = "containers_removed"
 CONTAINERS_FAILED = "containers_failed"  # failed to be created
 CONTAINERS_REAPED = "containers_reaped"
 POOL_MISSES = "pool_misses"  # a pooled profile's execution found no warm container
+BUILD_CACHE_HITS = "build_cache_hits"  # a build's products came from the build cache
+BUILD_CACHE_MISSES = "build_cache_misses"  # a cacheable build that was not there: it ran
 DURATION_MS_TOTAL = "duration_ms_total"
 DURATION_COUNT = "duration_count"
 CONTAINER_EVENTS = {
@@ -169,6 +171,15 @@ class SnapshotCollector:
             "Executions of a pooled profile that found no warm container (went cold).",
             value=raw.get(POOL_MISSES, 0),
         )
+        build_cache = CounterMetricFamily(
+            "executor_build_cache_lookups",
+            "Builds of compiled languages looked up in the workers' build caches, by result"
+            " (hit: the products of an identical build were used; miss: the build ran).",
+            labels=["result"],
+        )
+        build_cache.add_metric(["hit"], raw.get(BUILD_CACHE_HITS, 0))
+        build_cache.add_metric(["miss"], raw.get(BUILD_CACHE_MISSES, 0))
+        yield build_cache
         yield from _histograms(raw)
         yield GaugeMetricFamily(
             "executor_queue_depth", "Executions waiting for a worker.", value=snap["queue"]

@@ -84,6 +84,10 @@ class Language:
     packages: tuple[str, ...] = ()  # the Debian packages its image adds to the base
     setup: str = ""  # a shell command run once when its image is built
     extra_images: tuple[str, ...] = ()  # operator-approved images (EXECUTOR_IMAGES)
+    # What the build makes that the run needs, as glob patterns relative to the working
+    # directory (`**` spans directories): what the worker's build cache keeps (see
+    # executor.build_cache).
+    products: tuple[str, ...] = ()
 
     @property
     def compiled(self) -> bool:
@@ -107,6 +111,7 @@ class StepResult:
     stderr: str
     duration_ms: int
     usage: Usage = field(default_factory=Usage)
+    cached: bool = False  # no build ran: an identical build's products were used (build cache)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Nothing read from a container is trusted. The runner's reply channel is out of t
 reach by construction (see runner.py), yet the decoder holds whatever arrives to the protocol:
 frames in their order (ready, accepted, output, one result), each frame and the whole reply
 within bounds, output kept up to the cap, each case's and the whole result strictly typed and
-bounded, files back within their caps with safe relative paths. Anything
+bounded, files back and build products within their caps with safe relative paths. Anything
 else marks the reply broken, with a reason; the sandbox then kills the container and reports
 the program's `error`. Nothing here raises on bad input.
 """
@@ -18,7 +18,7 @@ import json
 import re
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from executor.languages import MAX_COMPILE_TIMEOUT_S, steps
@@ -33,9 +33,20 @@ _FRAME_HEADER = struct.Struct(">cI")
 _SIGNAL = re.compile(r"SIG[A-Z0-9]{1,12}")
 _INT_MAX = 1 << 53
 OUTPUT_KINDS = (b"O", b"E", b"o", b"e")  # program stdout, stderr; build stdout, stderr
+PRODUCT_FILES_MAX = 1024  # files one build may give back to the build cache
 # Called with (kind, payload) of each output frame as it is read, whole (before any cap):
 # live output (executor.output). It must not block, nor raise.
 OutputSink = Callable[[bytes, bytes], None]
+
+
+@dataclass(frozen=True)
+class Product:
+    """One file a build made: a normalized relative path in the working directory, whether it
+    is executable, its bytes."""
+
+    path: str
+    executable: bool
+    data: bytes
 
 
 def encode_request(
@@ -44,15 +55,22 @@ def encode_request(
     max_output: int,
     files_caps: tuple[int, int] = (0, 0),
     tests_output: int = 0,
+    *,
+    products_max: int = 0,
+    prebuilt: tuple[Product, ...] | None = None,
 ) -> bytes:
     """The runner's request: b"<length>\\n" then fields b"<name> <length>\\n<raw value>".
 
     The language's command and environment templates are filled in here (see
     executor.languages): the runner only runs what it is given. `files_caps` is
     (max_files, max_files_bytes) of the files back, `tests_output` what the test cases'
-    output may come to together.
+    output may come to together. `products_max` > 0 asks for the build's products back (up
+    to that many bytes, executor.build_cache); `prebuilt` are an identical build's products,
+    written in place of the build, which then does not run.
     """
     program = steps(language, request.code, request.limits.memory_mb)
+    if prebuilt is not None:
+        program = replace(program, compile=None)
     fields: list[tuple[str, str | bytes]] = [
         ("source", program.source),
         ("code", request.code),
@@ -69,6 +87,13 @@ def encode_request(
     fields += [("env", f"{name}={value}") for name, value in program.env]
     for extra in request.files:
         fields += [("path", extra.path), ("content", extra.content)]
+    if program.compile and products_max > 0 and language.products:
+        fields += [("product", pattern) for pattern in language.products]
+        fields += [("max_products", str(PRODUCT_FILES_MAX))]
+        fields += [("max_products_bytes", str(products_max))]
+    for product in prebuilt or ():
+        mode = "755" if product.executable else "644"
+        fields += [("built", f"{mode} {product.path}"), ("built_content", product.data)]
     for case in request.tests:
         args = request.args if case.args is None else case.args
         fields += [("case", case.stdin), ("case_args", "".join(f"{a}\0" for a in args))]
@@ -232,11 +257,8 @@ def parse_final(payload: bytes) -> Final:
 MAX_FILE_PATH_BYTES = 4096  # PATH_MAX
 
 
-def _file_header(payload: bytes) -> tuple[str, int]:
-    """(path, size) of a b"F" frame: b"<size> <path>", a normalized relative UTF-8 path."""
-    size, sep, raw = payload.partition(b" ")
-    if not sep or not size.isdigit() or len(size) > 15 or not 0 < len(raw) <= MAX_FILE_PATH_BYTES:
-        raise MalformedResult("a file header must be b'<size> <path>'")
+def _relative_path(raw: bytes) -> str:
+    """A normalized relative UTF-8 path, without '..' or control characters."""
     try:
         path = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -248,7 +270,35 @@ def _file_header(payload: bytes) -> tuple[str, int]:
         or any(ord(c) < 32 for c in path)
     ):
         raise MalformedResult("a file path must be relative and normalized, without '..'")
-    return path, int(size)
+    return path
+
+
+def _size(raw: bytes) -> int:
+    if not raw.isdigit() or len(raw) > 15:
+        raise MalformedResult("a size must be a decimal number")
+    return int(raw)
+
+
+def _file_header(payload: bytes) -> tuple[str, int]:
+    """(path, size) of a b"F" frame: b"<size> <path>", a normalized relative UTF-8 path."""
+    size, sep, raw = payload.partition(b" ")
+    if not sep or not size.isdigit() or len(size) > 15 or not 0 < len(raw) <= MAX_FILE_PATH_BYTES:
+        raise MalformedResult("a file header must be b'<size> <path>'")
+    return _relative_path(raw), int(size)
+
+
+_PRODUCT_MODES = {b"644": False, b"755": True}  # all a build product may be
+
+
+def _product_header(payload: bytes) -> tuple[str, bool, int]:
+    """(path, executable, size) of a b"P" frame: b"<644|755> <size> <path>"."""
+    mode, sep, rest = payload.partition(b" ")
+    size, sep2, raw = rest.partition(b" ")
+    if not (sep and sep2) or mode not in _PRODUCT_MODES:
+        raise MalformedResult("a build product's header must be b'<644|755> <size> <path>'")
+    if not 0 < len(raw) <= MAX_FILE_PATH_BYTES:
+        raise MalformedResult("a build product's path must be 1 to 4096 bytes")
+    return _relative_path(raw), _PRODUCT_MODES[mode], _size(size)
 
 
 class Reply:
@@ -258,7 +308,8 @@ class Reply:
     `final` once it reported; `broken` names the first violation of the protocol. `cases` is
     how many runs the request asked for (its test cases, or 1), `cases_output` what is kept of
     all their output together (None: each run's streams up to the cap); `max_files` and
-    `max_files_bytes` bound the files back.
+    `max_files_bytes` bound the files back. `products_max` > 0: the build's products were
+    asked for, up to that many bytes (b"P"/b"Q", after a successful build, before any case).
     """
 
     def __init__(
@@ -271,6 +322,7 @@ class Reply:
         max_files: int = 0,
         max_files_bytes: int = 0,
         on_output: OutputSink | None = None,
+        products_max: int = 0,
     ) -> None:
         self.cap = cap
         self.on_output = on_output
@@ -282,6 +334,12 @@ class Reply:
         # the runs' output, the files, and the framing of it all (at most 13 bytes per 64 KiB
         # frame).
         self.budget = 2 * (2 * cap + self.cases_output_left + max_files_bytes) + (1 << 20)
+        if products_max:  # and the build's products, their headers and framing
+            self.budget += 2 * products_max + PRODUCT_FILES_MAX * (MAX_FILE_PATH_BYTES + 32)
+        self.products_max = products_max
+        self.built: list[FileReply] = []  # the build's products, when asked for
+        self.built_executable: list[bool] = []
+        self.built_bytes = 0
         self.raw = 0
         self.docker_buf = bytearray()
         self.frame_buf = bytearray()
@@ -355,7 +413,20 @@ class Reply:
             self.accepted = True
         elif kind in OUTPUT_KINDS and self.accepted and self._may_output(kind, case):
             self._output(kind, payload, case)
-        elif kind == b"c" and self.accepted and case is None and not self.files:
+        elif kind == b"P" and self._may_send_product():
+            self._product(payload)
+        elif kind == b"Q" and self.built and not self._product_complete():
+            current = self.built[-1]
+            if len(current.data) + len(payload) > current.size or not payload:
+                raise MalformedResult("a build product's content exceeds its size")
+            current.data += payload
+        elif (
+            kind == b"c"
+            and self.accepted
+            and case is None
+            and not self.files
+            and self._product_complete()
+        ):
             if payload != b"%d" % len(self.cases) or len(self.cases) >= self.expected_cases:
                 raise MalformedResult(f"unexpected case {payload[:20]!r}")
             self.cases.append(CaseReply())
@@ -370,7 +441,13 @@ class Reply:
             if len(current.data) + len(payload) > current.size or not payload:
                 raise MalformedResult("a file's content exceeds its size")
             current.data += payload
-        elif kind == b"R" and self.accepted and case is None and self._file_complete():
+        elif (
+            kind == b"R"
+            and self.accepted
+            and case is None
+            and self._file_complete()
+            and self._product_complete()
+        ):
             final = parse_final(payload)
             ran = self.build_step is None or self.build_step.exit_code == 0
             if len(self.cases) != (self.expected_cases if ran else 0):
@@ -398,6 +475,42 @@ class Reply:
         self.cases_output_left -= min(room, len(payload))
         if self.on_output is not None:  # live output: the program's, whole (the sink caps it)
             self.on_output(kind, payload)
+
+    def _may_send_product(self) -> bool:
+        """Products come only when asked for, after a successful build, before any case."""
+        build = self.build_step
+        return (
+            self.products_max > 0
+            and build is not None
+            and build.exit_code == 0
+            and not self.cases
+            and self._product_complete()
+        )
+
+    def _product(self, payload: bytes) -> None:
+        path, executable, size = _product_header(payload)
+        if len(self.built) >= PRODUCT_FILES_MAX:
+            raise MalformedResult(f"more than {PRODUCT_FILES_MAX} build products")
+        if self.built_bytes + size > self.products_max:
+            raise MalformedResult(f"build products of more than {self.products_max} bytes")
+        if any(p.path == path for p in self.built):
+            raise MalformedResult("a build product sent twice")
+        self.built_bytes += size
+        self.built.append(FileReply(path, size))
+        self.built_executable.append(executable)
+
+    def _product_complete(self) -> bool:
+        return not self.built or len(self.built[-1].data) == self.built[-1].size
+
+    @property
+    def products(self) -> tuple[Product, ...]:
+        """The build's products, whole (none while one is still arriving, or none came)."""
+        if not self._product_complete():
+            return ()
+        return tuple(
+            Product(p.path, executable, bytes(p.data))
+            for p, executable in zip(self.built, self.built_executable, strict=True)
+        )
 
     def _file_complete(self) -> bool:
         return not self.files or len(self.files[-1].data) == self.files[-1].size

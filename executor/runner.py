@@ -13,7 +13,12 @@ file). Test cases (optional, repeatable, in pairs): case (that case's stdin) and
 argv items, each ended by a NUL byte); without them the program runs once, on stdin and arg.
 max_total_output (optional, decimal) bounds the output of all cases together, per reply.
 Files back (optional): the repeatable output (a glob pattern relative to the working
-directory), max_files and max_files_bytes (decimal). Values are raw UTF-8: nothing is escaped.
+directory), max_files and max_files_bytes (decimal). The build's products, for the worker's
+build cache (optional): the repeatable product (a glob pattern as output's) with
+max_products and max_products_bytes (decimal) asks for them back after a successful build;
+the repeatable built (b"<644|755> <path>") and built_content pairs are an identical build's
+products, written (after the extra files and the source) in place of a build, which the
+request then does not ask for. Values are raw UTF-8: nothing is escaped.
 The run's timeout counts from the end of the build: the build has its own, compile_timeout;
 each test case has the whole timeout to itself. A command whose first item starts with "./" is
 a build product in the working directory: /tmp is a noexec tmpfs, so the runner executes a copy
@@ -25,6 +30,11 @@ Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian l
     b"a"         empty; the whole request arrived (before it, nothing of the program has run)
     b"o" / b"e"  the build step's stdout / stderr (compiled languages), before any case
     b"B"         the build's end: JSON step (as b"T" below); no case runs unless it exited 0
+    b"P"         after a successful build, when asked for: a build product, b"<644|755> <size>
+                 <path>" (path relative to the working directory, UTF-8), its content following
+                 in b"Q" frames of at most 64 KiB that add up to size (none for an empty file);
+                 every product the patterns name or none (a pattern that matches nothing, a
+                 cap, a file that is not regular: none), before any case starts
     b"c"         ASCII decimal index of the case that starts: the O/E frames up to its b"T" are
                  its own (a run without test cases is the one case 0)
     b"O" / b"E"  the running case's stdout / stderr (at most max_output bytes each per case,
@@ -726,13 +736,17 @@ class _Files:
         self.found = []
         self.truncated = False
 
-    def walk(self, dir_fd, prefix, depth):
+    def walk(self, dir_fd, prefix, depth, descend=None):
+        """Take the matching files under `dir_fd`; `descend`: the only directories to enter at
+        this level (None: all)."""
         with os.scandir(dir_fd) as it:
             entries = sorted(
                 (e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False))
                 for e in it
             )
         for name, is_dir, is_file in entries:
+            if is_dir and descend is not None and name not in descend:
+                continue
             self.seen += 1
             if self.seen > MAX_WALK_ENTRIES:
                 self.truncated = True
@@ -773,9 +787,9 @@ class _Files:
             if info.st_size > self.left:
                 self.truncated = True
                 return
-            data = b""
+            data = bytearray()  # grows in place: a large file is not copied at every read
             while len(data) <= info.st_size:
-                chunk = os.read(fd, min(CHUNK, info.st_size + 1 - len(data)))
+                chunk = os.read(fd, min(1 << 20, info.st_size + 1 - len(data)))
                 if not chunk:
                     break
                 data += chunk
@@ -783,7 +797,7 @@ class _Files:
                 self.truncated = True
                 return
             self.left -= len(data)
-            self.found.append((path, data))
+            self.found.append((path, data, info.st_mode))
         except OSError:
             return
         finally:
@@ -808,11 +822,40 @@ def _send_files(uid, patterns, max_files, max_bytes):
             files.walk(root, "", 0)
         finally:
             os.close(root)
-    for path, data in files.found:
+    for path, data, _ in files.found:
         _send(b"F", b"%d " % len(data) + path.encode("utf-8"))
         for at in range(0, len(data), CHUNK):
             _send(b"D", data[at : at + CHUNK])
     return files.truncated
+
+
+def _send_products(uid, patterns, max_files, max_bytes):
+    """Send the build's products (b"P" and b"Q" frames): every file the patterns name, or none.
+
+    Read as the files back are (see the module docstring), once nothing of the build runs:
+    what is sent is what the build left, byte for byte. Only the directories a pattern names
+    first are entered (a build's caches elsewhere in the working directory are not walked).
+    """
+    patterns = [p.decode("utf-8") for p in patterns]
+    files = _Files(patterns, max_files, max_bytes)
+    first = {p.split("/", 1)[0] for p in patterns if "/" in p}
+    descend = None if any(c in "*?[" for name in first for c in name) else first
+    if not _clear():
+        raise Unsettled
+    with _AsUser(uid):
+        root = os.open(WORKDIR, _Files.OPEN | os.O_DIRECTORY)
+        try:
+            files.walk(root, "", 0, descend)
+        finally:
+            os.close(root)
+    matched = all(any(m.match(path) for path, _, _ in files.found) for m in files.matchers)
+    if files.truncated or not matched:
+        return
+    for path, data, mode in files.found:
+        executable = b"755" if mode & 0o111 else b"644"
+        _send(b"P", b"%s %d %s" % (executable, len(data), path.encode("utf-8")))
+        for at in range(0, len(data), CHUNK):
+            _send(b"Q", data[at : at + CHUNK])
 
 
 def main():
@@ -844,6 +887,12 @@ def main():
         for path, content in zip(request.get("path", ()), request.get("content", ()), strict=True):
             _write_file(_safe_path(path.decode("utf-8")), content)
         _write_file(source, request["code"][0])
+        for header, content in zip(
+            request.get("built", ()), request.get("built_content", ()), strict=True
+        ):
+            mode, _, path = header.decode("utf-8").partition(" ")
+            _write_file(_safe_path(path), content)
+            os.chmod(_safe_path(path), 0o755 if mode == "755" else 0o644)
     limit = int(number("max_output"))
     nproc = int(number("nproc", 0))
     result = {"files_truncated": False}
@@ -854,6 +903,13 @@ def main():
         step = _run_step(argv("compile"), None, None, timeout, (b"o", b"e"), limit, uid, nproc, env)
         _hold(b"B", _json(step).encode())  # the first case's b"c", or b"R", follows at once
         built = step["exit_code"] == 0
+        if built and request.get("product"):
+            _send_products(
+                uid,
+                request["product"],
+                int(number("max_products", 0)),
+                int(number("max_products_bytes", 0)),
+            )
         received += time.monotonic() - build_started  # the build had its own time limit
     if built:
         inline = source if request.get("inline", [b"0"])[0] == b"1" else None

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from executor import metrics
 from executor.budget import run_seconds
+from executor.build_cache import Build, BuildCache, build_key
 from executor.cancellation import CancelToken
 from executor.config import Settings
 from executor.engine import Engine
@@ -94,6 +95,7 @@ class Sandbox:
         self._starts = threading.BoundedSemaphore(settings.max_starts)
         self.owner = engine.identity  # the worker label of every container made here
         self.uids = UidAllocator(*settings.sandbox_uids)
+        self.builds = BuildCache(settings.build_cache_mb << 20)
 
     def prepare(
         self, language: Language, memory_mb: int, cpus: float, execution: str = ""
@@ -220,7 +222,21 @@ class Sandbox:
         settings = self.settings
         caps = (settings.max_output_files, settings.max_output_files_bytes)
         tests_output = settings.max_tests_output_bytes
-        payload = encode_request(request, language, settings.max_output_bytes, caps, tests_output)
+        key = cached = None
+        if self.builds.enabled and language.compiled and language.products:
+            key = build_key(container.image_id, settings.runtime, language, request)
+            cached = self.builds.get(key)
+            self.events(metrics.BUILD_CACHE_HITS if cached else metrics.BUILD_CACHE_MISSES, 1)
+        products_max = self.builds.entry_max if key is not None and cached is None else 0
+        payload = encode_request(
+            request,
+            language,
+            settings.max_output_bytes,
+            caps,
+            tests_output,
+            products_max=products_max,
+            prebuilt=cached.products if cached is not None else None,
+        )
         runs = max(1, len(request.tests))
         reply = Reply(
             settings.max_output_bytes,
@@ -230,6 +246,7 @@ class Sandbox:
             max_files=caps[0] if request.outputs else 0,
             max_files_bytes=caps[1] if request.outputs else 0,
             on_output=output,
+            products_max=products_max,
         )
         sock = container.sock
         try:
@@ -240,7 +257,7 @@ class Sandbox:
                 f"container {container.id[:12]} ended before its program arrived: {e}"
             ) from None
         started, started_wall = time.monotonic(), time.time()
-        build_s = language.compile_timeout if language.compile else 0.0
+        build_s = language.compile_timeout if language.compile and cached is None else 0.0
         budget = run_seconds(limits.timeout, runs, build_s, bool(request.outputs))
         # Until the runner takes the program, a cold one may still be booting.
         deadline = started + budget + self.settings.docker_timeout
@@ -286,7 +303,13 @@ class Sandbox:
             self.engine.kill(container.id)
         if cancelled and not reply.accepted:
             measured_ms = 0  # nothing of the program ran
-        return self._result(container, request, reply, killed, measured_ms, started_at, cancelled)
+        result = self._result(container, request, reply, killed, measured_ms, started_at, cancelled)
+        if cached is not None:
+            result.compile = StepResult(0, cached.stdout, cached.stderr, 0, cached=True)
+        elif key is not None and _built_whole(reply) and result.compile is not None:
+            built = Build(reply.products, result.compile.stdout, result.compile.stderr)
+            self.builds.put(key, built)
+        return result
 
     def _result(
         self,
@@ -460,6 +483,19 @@ class Sandbox:
             usage=usage,
             passed=None,
         )
+
+
+def _built_whole(reply: Reply) -> bool:
+    """The build succeeded and every product came back whole, in a reply that kept to the
+    protocol (the run may have failed or timed out after: its build's products are the same)."""
+    build = reply.build_step
+    return (
+        not reply.broken
+        and build is not None
+        and build.exit_code == 0
+        and not build.timed_out
+        and bool(reply.products)
+    )
 
 
 @contextlib.contextmanager

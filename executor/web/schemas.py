@@ -49,6 +49,13 @@ class StepSchema(Schema):
     stderr = _always(fields.String)
     duration_ms = _always(fields.Integer)
     usage = _always(fields.Nested, UsageSchema, metadata=_USAGE)
+    cached = _always(
+        fields.Boolean,
+        metadata=_doc(
+            "No build ran: the products of an identical earlier build on this worker were used"
+            " (its build cache); stdout and stderr are that build's, duration_ms and usage 0."
+        ),
+    )
 
 
 class TestCaseResultSchema(Schema):

@@ -12,6 +12,7 @@ import requests
 from celery import Celery
 
 from executor.web import schemas
+from tests.conftest import language_image
 from tests.service.conftest import post, wait_until
 
 pytestmark = [pytest.mark.service, pytest.mark.docker]
@@ -51,6 +52,11 @@ def test_every_documented_reply_matches_real_answers(main_redis: str, api: str):
     result = answer("ExecutionResult", post(f"{api}/execute", {"code": "print(1)"}), 200)
     with_all = {"code": "open('a', 'w')", "tests": [{"stdin": ""}], "outputs": ["a"]}
     answer("ExecutionResult", post(f"{api}/execute", with_all), 200)  # tests, files, usage
+    built = {"code": "int main(void) { return 0; }", "language": "c"}
+    if language_image("c"):  # the branch's own image (EXECUTOR_TEST_IMAGE_TAG)
+        built["image"] = language_image("c")
+    for _ in range(2):  # a build, then (on the same worker) its build cached
+        answer("ExecutionResult", post(f"{api}/execute", built), 200)
     answer("ExecutionResult", requests.get(f"{api}/executions/{result['id']}", timeout=10), 200)
     queued = answer("ExecutionPending", post(f"{api}/executions", {"code": "print(2)"}), 202)
     late = requests.get(f"{api}/executions/{queued['id']}", timeout=10)

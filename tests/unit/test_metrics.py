@@ -112,6 +112,16 @@ def test_pool_misses_are_a_series():
     assert "executor_pool_misses_total 4.0" in text.splitlines()
 
 
+def test_build_cache_hits_and_misses_are_a_series():
+    found = samples()
+    series = "executor_build_cache_lookups_total"
+    assert found[(series, (("result", "hit"),))] == found[(series, (("result", "miss"),))] == 0
+    counted = {**COUNTERS, metrics.BUILD_CACHE_HITS: 3, metrics.BUILD_CACHE_MISSES: 2}
+    text = metrics.render(metrics.registry(lambda: {**SNAPSHOT, "counters": counted})).decode()
+    assert f'{series}{{result="hit"}} 3.0' in text.splitlines()
+    assert f'{series}{{result="miss"}} 2.0' in text.splitlines()
+
+
 def test_a_pooled_profile_found_empty_counts_a_pool_miss():
     counted: Counter[str] = Counter()
     sandbox: Any = SimpleNamespace(events=lambda name, n: counted.update({name: n}))

@@ -282,3 +282,77 @@ def test_the_cases_output_is_kept_within_its_total():
     reply.feed(docker(data + frame(b"R", FINAL)))
     assert reply.final is not None and not reply.broken
     assert [len(c.streams[b"O"]) for c in reply.cases] == [80, 70, 0]
+
+
+def built_reply(*frames: bytes, products_max: int = 100, build: bytes | None = None) -> Reply:
+    """A compiled program's reply: its build, `frames`, one run and the result."""
+    reply = Reply(1024, products_max=products_max)
+    head = [frame(b"r"), frame(b"a"), frame(b"B", build or result())]
+    reply.feed(docker(b"".join([*head, *frames, run(), frame(b"R", FINAL)])))
+    return reply
+
+
+def test_build_products_asked_for_are_read_whole():
+    reply = built_reply(
+        frame(b"P", b"755 5 main"), frame(b"Q", b"\x7fEL"), frame(b"Q", b"F\n"),
+        frame(b"P", b"644 0 .build/tmp/main.js"),
+    )  # fmt: skip
+    assert reply.final is not None and not reply.broken
+    assert [(p.path, p.executable, p.data) for p in reply.products] == [
+        ("main", True, b"\x7fELF\n"),
+        (".build/tmp/main.js", False, b""),
+    ]
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [frame(b"Q", b"x")],  # content before any product
+        [frame(b"P", b"755 1 ../main"), frame(b"Q", b"x")],  # out of the working directory
+        [frame(b"P", b"755 1 /bin/sh"), frame(b"Q", b"x")],
+        [frame(b"P", b"755 1 a//b"), frame(b"Q", b"x")],
+        [frame(b"P", b"755 1 a\nb"), frame(b"Q", b"x")],
+        [frame(b"P", b"755 1 \xff"), frame(b"Q", b"x")],
+        [frame(b"P", b"777 1 main"), frame(b"Q", b"x")],  # a mode no product has
+        [frame(b"P", b"4755 1 main"), frame(b"Q", b"x")],  # setuid
+        [frame(b"P", b"755 -1 main")],
+        [frame(b"P", b"755 1x main")],
+        [frame(b"P", b"755 main")],
+        [frame(b"P", b"755 1 ")],
+        [frame(b"P", b"755 101 main"), frame(b"Q", b"x" * 101)],  # more than asked for
+        [frame(b"P", b"755 60 a"), frame(b"Q", b"x" * 60), frame(b"P", b"755 60 b")],  # in all
+        [frame(b"P", b"755 2 main"), frame(b"Q", b"xyz")],  # more content than announced
+        [frame(b"P", b"755 3 main"), frame(b"Q", b"xy")],  # less (then a case)
+        [frame(b"P", b"755 1 main"), frame(b"Q", b"")],
+        [frame(b"P", b"755 0 main"), frame(b"P", b"644 0 main")],  # twice
+    ],
+)
+def test_malformed_build_products_break_the_reply(frames):
+    reply = built_reply(*frames)
+    assert reply.broken and reply.final is None
+    assert sum(len(p.data) for p in reply.built) <= 100
+
+
+def test_build_products_come_only_when_asked_after_a_good_build_and_before_the_run():
+    assert "out of order" in built_reply(frame(b"P", b"755 0 main"), products_max=0).broken
+    failed = built_reply(frame(b"P", b"755 0 main"), build=result(exit_code=1))
+    assert failed.broken and not failed.products
+    timed_out = built_reply(
+        frame(b"P", b"755 0 main"), build=result(exit_code=None, timed_out=True)
+    )
+    assert timed_out.broken
+    late = Reply(1024, products_max=100)
+    late.feed(docker(frame(b"r") + frame(b"a") + frame(b"B", result()) + run()))
+    late.feed(docker(frame(b"P", b"755 0 main")))
+    assert late.broken and not late.products
+    without_build = reply_of(frame(b"r"), frame(b"a"), frame(b"P", b"755 0 main"))
+    assert without_build.broken
+
+
+def test_a_product_still_arriving_is_not_a_product():
+    reply = Reply(1024, products_max=100)
+    reply.feed(docker(frame(b"r") + frame(b"a") + frame(b"B", result()) + frame(b"P", b"755 4 m")))
+    reply.feed(docker(frame(b"Q", b"xy")))
+    assert not reply.broken and reply.products == ()
+    reply.feed(docker(frame(b"Q", b"zw")))
+    assert [p.data for p in reply.products] == [b"xyzw"]

@@ -1,0 +1,117 @@
+"""The worker's cache of build products: an identical program is not built twice.
+
+Judge-style workloads run the same program again and again (each resubmission, each batch of
+inputs); for a compiled language the build is most of the time. After a successful build the
+runner sends the build's products back (the language's `products`: the binary, Java's classes,
+the emitted JavaScript...), before any of the program runs, and the next request with exactly
+the same build inputs gets them written into its sandbox in place of the build, which then does
+not run.
+
+Safe by design (the README's security model says why in full):
+- an entry is only ever used for exactly the inputs that produced it: the key is the SHA-256 of
+  the image's id (its content, runner included), the runtime, the language, the source's name
+  and text, every extra file, the filled-in build command and environment, the product patterns
+  and the limits the build ran under (all but the run's own timeout and the test cases, which
+  the build never sees); a product never crosses between languages, images or inputs;
+- only successful builds whose products all came back whole are kept, with their output
+  (warnings), which a hit reports again (`compile.cached` true, `duration_ms` 0);
+- the products are the bytes the build left, read by the runner once nothing of the build ran
+  and before anything of the program did; they are only ever written into a sandbox, to run
+  there as the program would have after its own build: nothing outside a sandbox opens them;
+- per worker process, in memory, bounded in bytes (least recently used first out, a build over
+  a quarter of the cache is not kept), and off with EXECUTOR_BUILD_CACHE_MB=0.
+What a program could tell apart from a fresh build: its build's own caches (Go's GOCACHE under
+the working directory) are absent, and the products' timestamps are those of the copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from executor.languages import steps
+from executor.models import Language, RunRequest
+from executor.protocol import Product
+
+
+@dataclass(frozen=True)
+class Build:
+    """A successful build's products and what it printed."""
+
+    products: tuple[Product, ...]
+    stdout: str
+    stderr: str
+
+    @property
+    def size(self) -> int:
+        """What it holds in memory, about: the products, their paths and the output."""
+        data = sum(len(p.data) + len(p.path) for p in self.products)
+        return data + len(self.stdout) + len(self.stderr)
+
+
+def build_key(image_id: str, runtime: str, language: Language, request: RunRequest) -> str:
+    """The hash of everything a build's products depend on (see the module docstring)."""
+    program = steps(language, request.code, request.limits.memory_mb)
+    limits = request.limits
+    digest = hashlib.sha256()
+
+    def add(*items: str | bytes) -> None:
+        for item in items:
+            data = item.encode("utf-8") if isinstance(item, str) else item
+            digest.update(b"%d:" % len(data) + data)  # length-prefixed: no two inputs collide
+
+    add("build-v1", image_id, runtime, language.name, program.source, request.code)
+    add("compile", *(program.compile or ()))
+    add("env", *(f"{name}={value}" for name, value in program.env))
+    add("products", *language.products)
+    add("limits", *(str(v) for v in (limits.memory_mb, limits.cpus, limits.pids, limits.tmpfs_mb)))
+    add("compile_timeout", repr(float(language.compile_timeout)))
+    add("files", str(len(request.files)))
+    for extra in request.files:
+        add(extra.path, extra.content)
+    return digest.hexdigest()
+
+
+class BuildCache:
+    """Builds by key, at most `max_bytes` of them, least recently used evicted first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, Build] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    @property
+    def entry_max(self) -> int:
+        """The largest build kept: a quarter of the cache."""
+        return self.max_bytes // 4
+
+    def get(self, key: str) -> Build | None:
+        with self._lock:
+            build = self._entries.get(key)
+            if build is not None:
+                self._entries.move_to_end(key)
+            return build
+
+    def put(self, key: str, build: Build) -> None:
+        if not self.enabled or not build.products or build.size > self.entry_max:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.size
+            self._entries[key] = build
+            self._bytes += build.size
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.size
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"entries": len(self._entries), "bytes": self._bytes}
