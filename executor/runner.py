@@ -901,7 +901,7 @@ def main():
         build_started = time.monotonic()
         timeout = number("compile_timeout", 30.0)
         step = _run_step(argv("compile"), None, None, timeout, (b"o", b"e"), limit, uid, nproc, env)
-        _hold(b"B", _json(step).encode())  # the first case's b"c", or b"R", follows at once
+        _hold(b"B", _json(step).encode())  # a product, the first b"c" or b"R" follows at once
         built = step["exit_code"] == 0
         if built and request.get("product"):
             _send_products(
