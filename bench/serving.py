@@ -2,7 +2,7 @@
 
 One stack (proxy, one worker), two APIs side by side in the same run: today's gthread
 server (GUNICORN_WORKER_CLASS=gthread, 2 x 64 threads) and the gevent worker. For each:
-(1) warm POST /execute p50, one request at a time;
+(1) warm POST /execute p50, one request at a time, the servers in turns, before the rest;
 (2) GET /health latency while N clients are stalled mid-body (head and 1 byte of 100);
 (3) M concurrent POST /execute of a short program: how each was answered (200, 202, 429/503
     with Retry-After, or refused / timed out), and the API processes' memory per waiting client;
@@ -94,20 +94,23 @@ def empty_queue(stack: Stack) -> None:
         client.close()
 
 
-def warm_p50(url: str, n: int) -> float:
-    host, port = host_port(url)
-    samples = []
+def warm_p50(urls: dict[str, str], n: int) -> dict[str, float]:
+    """Warm POST /execute p50 of each server, their requests in turns (the same worker, pool
+    and load for all), before any other phase; 0.4 s apart, so the pool refills between."""
+    samples: dict[str, list[float]] = {name: [] for name in urls}
     for i in range(n + 5):
-        conn = http.client.HTTPConnection(host, port, timeout=60)
-        began = time.perf_counter()
-        conn.request("POST", "/execute", PROGRAM, {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        response.read()
-        conn.close()
-        if i >= 5 and response.status == 200:
-            samples.append((time.perf_counter() - began) * 1000)
-        time.sleep(0.05)
-    return pct(samples)[0] if samples else float("nan")
+        for name, url in urls.items():
+            host, port = host_port(url)
+            conn = http.client.HTTPConnection(host, port, timeout=60)
+            began = time.perf_counter()
+            conn.request("POST", "/execute", PROGRAM, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            if i >= 5 and response.status == 200:
+                samples[name].append((time.perf_counter() - began) * 1000)
+            time.sleep(0.4)
+    return {name: pct(values)[0] if values else float("nan") for name, values in samples.items()}
 
 
 def health_while_stalled(url: str, stalled: int, samples: int) -> tuple[int, int, float, float]:
@@ -206,31 +209,36 @@ def main() -> None:
 
     rows = []
     streamed: dict[str, dict[str, float]] = {}
-    with running_stack(redis_url, upstream, pool_size=4, concurrency=8) as stack:
-        for worker_class in args.classes.split(","):
-            with api_server(stack, worker_class) as (url, master):
-                print(f"# {worker_class}: warm POST /execute", file=sys.stderr)
-                p50 = warm_p50(url, args.warm)
-                print(f"# {worker_class}: {args.stalled} stalled clients", file=sys.stderr)
-                health = health_while_stalled(url, args.stalled, 20)
-                time.sleep(2)
-                print(f"# {worker_class}: {args.concurrent} concurrent", file=sys.stderr)
-                answers, before, peak = concurrent_executes(
-                    url, master, args.concurrent, args.timeout
-                )
-                empty_queue(stack)
-                rows.append((worker_class, p50, health, answers, before, peak))
-                time.sleep(5)  # the worker finishes what it had taken
-                if args.streams:
-                    print(f"# {worker_class}: {args.streams} live streams", file=sys.stderr)
-                    try:
-                        streamed[worker_class] = asyncio.run(
-                            concurrent_streams(url, master, args.streams, 4, 20, args.timeout)
-                        )
-                    except OSError as e:  # a server that cannot even take the executions
-                        print(f"# {worker_class}: streams not run: {e!r}", file=sys.stderr)
-                        nan = float("nan")
-                        streamed[worker_class] = dict(whole=0, p50=nan, p95=nan, kib_per_stream=nan)
+    classes = args.classes.split(",")
+    with (
+        running_stack(redis_url, upstream, pool_size=4, concurrency=8) as stack,
+        contextlib.ExitStack() as servers,
+    ):
+        apis = {name: servers.enter_context(api_server(stack, name)) for name in classes}
+        print(f"# {', '.join(classes)}: warm POST /execute, in turns", file=sys.stderr)
+        p50s = warm_p50({name: url for name, (url, _) in apis.items()}, args.warm)
+        for worker_class, (url, master) in apis.items():
+            p50 = p50s[worker_class]
+            print(f"# {worker_class}: {args.stalled} stalled clients", file=sys.stderr)
+            health = health_while_stalled(url, args.stalled, 20)
+            time.sleep(2)
+            print(f"# {worker_class}: {args.concurrent} concurrent", file=sys.stderr)
+            answers, before, peak = concurrent_executes(url, master, args.concurrent, args.timeout)
+            empty_queue(stack)
+            rows.append((worker_class, p50, health, answers, before, peak))
+            time.sleep(5)  # the worker finishes what it had taken
+            if args.streams:
+                print(f"# {worker_class}: {args.streams} live streams", file=sys.stderr)
+                try:
+                    streamed[worker_class] = asyncio.run(
+                        concurrent_streams(url, master, args.streams, 4, 20, args.timeout)
+                    )
+                except OSError as e:  # a server that cannot even take the executions
+                    print(f"# {worker_class}: streams not run: {e!r}", file=sys.stderr)
+                    nan = float("nan")
+                    streamed[worker_class] = dict(whole=0, p50=nan, p95=nan, kib_per_stream=nan)
+                empty_queue(stack)  # what a server took but never answered for
+                time.sleep(5)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"# API under waiting and stalled clients, {when}, {os.cpu_count()} cores\n")
     print(
