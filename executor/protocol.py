@@ -301,6 +301,13 @@ def _product_header(payload: bytes) -> tuple[str, bool, int]:
     return _relative_path(raw), _PRODUCT_MODES[mode], _size(size)
 
 
+def _append(current: FileReply, payload: bytes, what: str) -> None:
+    """A content frame of a file back or a build product: never empty, never past its size."""
+    if len(current.data) + len(payload) > current.size or not payload:
+        raise MalformedResult(f"{what}'s content exceeds its size")
+    current.data += payload
+
+
 class Reply:
     """Decodes one container's attach stream; keeps `cap` bytes per output stream and step.
 
@@ -416,10 +423,7 @@ class Reply:
         elif kind == b"P" and self._may_send_product():
             self._product(payload)
         elif kind == b"Q" and self.built and not self._product_complete():
-            current = self.built[-1]
-            if len(current.data) + len(payload) > current.size or not payload:
-                raise MalformedResult("a build product's content exceeds its size")
-            current.data += payload
+            _append(self.built[-1], payload, "a build product")
         elif (
             kind == b"c"
             and self.accepted
@@ -437,10 +441,7 @@ class Reply:
         elif kind == b"F" and self.accepted and case is None and self._file_complete():
             self._file(payload)
         elif kind == b"D" and self.files and not self._file_complete():
-            current = self.files[-1]
-            if len(current.data) + len(payload) > current.size or not payload:
-                raise MalformedResult("a file's content exceeds its size")
-            current.data += payload
+            _append(self.files[-1], payload, "a file")
         elif (
             kind == b"R"
             and self.accepted

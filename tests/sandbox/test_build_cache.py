@@ -27,6 +27,13 @@ pytestmark = pytest.mark.languages
 COMPILED = [lang.name for lang in REGISTRY if lang.compiled]
 
 
+def c_request(svc: ExecutionService, code: str) -> RunRequest:
+    """A C program at the default limits, in the branch's own C image."""
+    return RunRequest(
+        code=code, language="c", limits=default_limits(svc.settings), image=language_image("c")
+    )
+
+
 def unique(code: str) -> str:
     """`code` made unlike any other program of this session (a comment): its first run builds."""
     return f"{code}\n// {uuid.uuid4()}\n"
@@ -124,12 +131,7 @@ def test_a_build_over_its_share_of_the_cache_is_not_kept(settings: Any):
         cached = []
         for code in (unique(big), unique(small)):
             for n in range(2):
-                request = RunRequest(
-                    code=code,
-                    language="c",
-                    limits=default_limits(svc.settings),
-                    image=language_image("c"),
-                )
+                request = c_request(svc, code)
                 result = svc.run(request, f"66666666-6666-4666-8666-66666666666{n}")
                 assert result.status == "success", result.compile
                 assert result.compile is not None
@@ -145,12 +147,7 @@ def test_lookups_are_counted_as_hits_and_misses(settings: Any):
     try:
         code = unique(PROGRAMS["c"]["hello"])
         for n in range(2):
-            request = RunRequest(
-                code=code,
-                language="c",
-                limits=default_limits(svc.settings),
-                image=language_image("c"),
-            )
+            request = c_request(svc, code)
             assert svc.run(request, f"66666666-6666-4666-8666-66666666668{n}").status == "success"
     finally:
         svc.stop()
@@ -165,12 +162,7 @@ def test_the_build_cache_can_be_turned_off(settings: Any):
     try:
         code = unique(PROGRAMS["c"]["hello"])
         for n in range(2):
-            request = RunRequest(
-                code=code,
-                language="c",
-                limits=default_limits(svc.settings),
-                image=language_image("c"),
-            )
+            request = c_request(svc, code)
             result = svc.run(request, f"66666666-6666-4666-8666-66666666667{n}")
             assert result.status == "success"
             assert result.compile is not None and not result.compile.cached
