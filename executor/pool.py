@@ -137,8 +137,13 @@ class WarmPool:
                     del self._demand[name], self._held[name]
 
     def start(self) -> None:
+        """Begin filling: the first containers are starting when this returns (a worker that
+        says it is ready has its pool filling), the rest is the refill thread's."""
         if self.size <= 0 or not self.profiles or self._thread is not None:
             return
+        with self._cond:
+            wanted = self._claim_wanted_locked(time.monotonic())
+        self._submit(wanted)
         self._thread = threading.Thread(target=self._refill_loop, name="pool-refill", daemon=True)
         self._thread.start()
 
@@ -243,16 +248,24 @@ class WarmPool:
                     return
                 self._recycle_locked()
                 now = time.monotonic()
-                wanted = [] if now < self._backoff_until else self._wanted_locked(now)
-                for name in wanted:
-                    self._starting[name] += 1
+                wanted = self._claim_wanted_locked(now)
                 if not wanted:
                     holds = [h[0] for h in self._held.values() if h]
                     self._cond.wait(timeout=min([1.0, *(max(0.0, h - now) for h in holds)]))
                     continue
-            for name in wanted:
-                future = self._builders.submit(self._build, self.profiles[name])
-                future.add_done_callback(functools.partial(self._built, name))
+            self._submit(wanted)
+
+    def _claim_wanted_locked(self, now: float) -> list[str]:
+        """The profiles to start a container for now, counted as starting."""
+        wanted = [] if now < self._backoff_until else self._wanted_locked(now)
+        for name in wanted:
+            self._starting[name] += 1
+        return wanted
+
+    def _submit(self, wanted: list[str]) -> None:
+        for name in wanted:
+            future = self._builders.submit(self._build, self.profiles[name])
+            future.add_done_callback(functools.partial(self._built, name))
 
     def _refresh_images(self) -> None:
         # image_id() re-inspects at most every few seconds; a changed id recycles the pool.

@@ -38,6 +38,18 @@ def run(svc: ExecutionService, code: str, **limits: float):
     return svc.run(request, "33333333-3333-4333-8333-333333333333")
 
 
+def test_a_started_pool_is_already_filling(settings, raw_docker):
+    # A worker reports ready right after it starts its pool: /readyz must see it filling.
+    svc = ExecutionService(replace(settings, pool_size=1))
+    svc.start()
+    try:
+        stats = svc.pool_stats()
+        assert stats["starting"] + stats["warm"] == 1, stats
+    finally:
+        svc.stop()
+    assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
+
+
 def test_pool_fills_to_its_size_and_hands_out_ready_containers(warm_service, raw_docker):
     wait_warm(warm_service, 2)
     assert len(sandboxes(raw_docker, **{LABEL_WORKER: warm_service.sandbox.owner})) == 2
