@@ -90,9 +90,11 @@ def api_once(conn: http.client.HTTPConnection, language: str, nonce: str = "") -
 def idle_memory(settings: Settings, language: Language, raw: docker.DockerClient) -> int:
     """What an idle warm container of `language` costs: made as the pool makes it."""
     svc = ExecutionService(replace(settings, pool_size=0))
-    container = svc.sandbox.prepare(language, settings.default_memory_mb, settings.default_cpus)
+    memory_mb, cpus = settings.default_memory_mb, settings.default_cpus
+    container = svc.sandbox.prepare_warm(language, memory_mb, cpus, 30)
+    if container is None:
+        raise RuntimeError(f"{language.name}: no warm container")
     try:
-        svc.sandbox.wait_ready(container, 30)
         time.sleep(1.0)
         memory = raw.api.stats(container.id, stream=False)["memory_stats"]
         stats = memory.get("stats", {})

@@ -88,6 +88,14 @@ REGISTRY: tuple[Language, ...] = (
         setup=_node_snapshots(),
         source_file="main.js",
         run=("node", "--max-old-space-size={heap_mb}", "{node_snapshot}", "main.js"),
+        prestart=(
+            "node",
+            "--max-old-space-size={heap_mb}",
+            "{node_snapshot}",
+            "--require",
+            "/opt/executor/prestart.js",
+            "main.js",
+        ),
         env=(("UV_THREADPOOL_SIZE", "2"),),
         oom_markers=("JavaScript heap out of memory",),
     ),
@@ -315,6 +323,7 @@ class Steps:
     compile: tuple[str, ...] | None
     run: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
+    prestart: tuple[str, ...] = ()
 
 
 def steps(language: Language, code: str, memory_mb: int) -> Steps:
@@ -339,6 +348,7 @@ def steps(language: Language, code: str, memory_mb: int) -> Steps:
         compile=fill(language.compile) if language.compile is not None else None,
         run=fill(language.run),
         env=tuple((name, value.format_map(values)) for name, value in language.env),
+        prestart=fill(language.prestart),
     )
 
 

@@ -88,6 +88,10 @@ class Language:
     # directory (`**` spans directories): what the worker's build cache keeps (see
     # executor.build_cache).
     products: tuple[str, ...] = ()
+    # A warm container starts the run's runtime in advance with this command (a template as
+    # `run`): its run command with the runtime's own hook (images/language/prestart.*), which
+    # waits for the program's arguments before the program is loaded (see executor.runner).
+    prestart: tuple[str, ...] = ()
 
     @property
     def compiled(self) -> bool:

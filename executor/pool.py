@@ -314,10 +314,12 @@ class WarmPool:
             self._idle[name] = keep
 
     def _build(self, profile: Profile) -> Container:
-        container = self.sandbox.prepare(profile.language, profile.memory_mb, profile.cpus)
-        if not self.sandbox.wait_ready(container, READY_TIMEOUT_S):
-            self._dispose(container)
-            raise RuntimeError(f"container {container.id[:12]} did not become ready")
+        language = profile.language
+        container = self.sandbox.prepare_warm(
+            language, profile.memory_mb, profile.cpus, READY_TIMEOUT_S
+        )
+        if container is None:
+            raise RuntimeError(f"a container of {language.name} did not become ready")
         return container
 
     def _built(self, name: str, future: Future[Container]) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -31,6 +31,9 @@ DIAGNOSTICS_MAX = 8192  # what is kept of the runner's own stderr
 _DOCKER_HEADER = struct.Struct(">BxxxI")
 _FRAME_HEADER = struct.Struct(">cI")
 _SIGNAL = re.compile(r"SIG[A-Z0-9]{1,12}")
+# The ready frame's payload: the runner's features, space-separated (none from older runners).
+_FEATURES = re.compile(rb"(?:[a-z]{1,16}(?: [a-z]{1,16}){0,7})?")
+PRESTART = b"prestart"  # the runner starts a runtime in advance (encode_prestart)
 _INT_MAX = 1 << 53
 OUTPUT_KINDS = (b"O", b"E", b"o", b"e")  # program stdout, stderr; build stdout, stderr
 PRODUCT_FILES_MAX = 1024  # files one build may give back to the build cache
@@ -102,12 +105,29 @@ def encode_request(
     if request.outputs:
         fields += [("output", pattern) for pattern in request.outputs]
         fields += [("max_files", str(files_caps[0])), ("max_files_bytes", str(files_caps[1]))]
+    return _frame_fields(fields)
+
+
+def _frame_fields(fields: Sequence[tuple[str, str | bytes]]) -> bytes:
     parts = []
     for name, value in fields:
         data = value.encode("utf-8") if isinstance(value, str) else value
         parts += [b"%s %d\n" % (name.encode(), len(data)), data]
     body = b"".join(parts)
     return b"%d\n" % len(body) + body
+
+
+def encode_prestart(language: Language, memory_mb: int, nproc: int) -> bytes:
+    """The message that has a warm container's runner start the run's runtime in advance
+    (sent before the request; see executor.runner): the command that starts it, and the run
+    command, environment and process limit it stands for. A request that asks for another
+    run, environment or limit is run afresh, and the pre-started runtime killed unused."""
+    program = steps(language, "", memory_mb)
+    fields = [("launch", item) for item in program.prestart]
+    fields += [("run", item) for item in program.run]
+    fields += [("env", f"{name}={value}") for name, value in program.env]
+    fields += [("nproc", str(nproc))]
+    return _frame_fields(fields)
 
 
 @dataclass(frozen=True)
@@ -357,6 +377,7 @@ class Reply:
         self.files_bytes = 0
         self.diagnostics = bytearray()
         self.ready = ready
+        self.features: frozenset[bytes] = frozenset()  # what the runner said it can do
         self.accepted = False
         self.final: Final | None = None
         self.broken = ""
@@ -414,8 +435,9 @@ class Reply:
 
     def _frame(self, kind: bytes, payload: bytes) -> None:
         case = self.open_case
-        if kind == b"r" and not self.ready and not payload:
+        if kind == b"r" and not self.ready and _FEATURES.fullmatch(payload):
             self.ready = True
+            self.features = frozenset(payload.split())
         elif kind == b"a" and self.ready and not self.accepted and not payload:
             self.accepted = True
         elif kind in OUTPUT_KINDS and self.accepted and self._may_output(kind, case):

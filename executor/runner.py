@@ -19,6 +19,11 @@ max_products and max_products_bytes (decimal) asks for them back after a success
 the repeatable built (b"<644|755> <path>") and built_content pairs are an identical build's
 products, written (after the extra files and the source) in place of a build, which the
 request then does not ask for. Values are raw UTF-8: nothing is escaped.
+A warm container's request may come after a pre-start message in the same format: launch (the
+repeatable argv that starts the runtime in advance, see _Prestarted), and the run, env and
+nproc it stands for. The request's first run uses that runtime when it asks for no build, for
+exactly that run command, environment and nproc; otherwise the runtime is killed unused
+before anything of the request is written.
 The run's timeout counts from the end of the build: the build has its own, compile_timeout;
 each test case has the whole timeout to itself. A command whose first item starts with "./" is
 a build product in the working directory: /tmp is a noexec tmpfs, so the runner executes a copy
@@ -26,7 +31,8 @@ of it in memory (memfd), which the program could do itself just as well; the san
 stay as they are.
 
 Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian length + data.
-    b"r"         empty; sent once the runner has started and waits for its request
+    b"r"         sent once the runner has started and waits for its request: its features,
+                 space-separated (b"prestart": it takes a pre-start message first)
     b"a"         empty; the whole request arrived (before it, nothing of the program has run)
     b"o" / b"e"  the build step's stdout / stderr (compiled languages), before any case
     b"B"         the build's end: JSON step (as b"T" below); no case runs unless it exited 0
@@ -62,17 +68,29 @@ open /proc/1/fd/* or /proc/1/mem, ptrace the runner (refused by our seccomp prof
 or signal it, under runc and gVisor alike; the runner is also non-dumpable, and as the init
 of its PID namespace it gets no signal from inside but those it handles (none). Whatever the
 program needs to open again by path (its files, /dev/stdin, /dev/stdout) is made under its
-uid, and only while no process of that uid is alive: before any program runs, and between
-steps once every process the last one left is killed and reaped (each step starts in a
-container where nothing of the previous one runs). The files back are read the same way,
-under the program's uid once nothing of it runs, through directory descriptors without
-following any symbolic link, regular files only: the runner reads nothing the program could
-not have read itself, and nothing can change under it meanwhile. When the runner exits, the
-kernel kills every process left in the container, so nothing the program started outlives the
-reply.
+uid, and only while no process of that uid has run anything of the program's: before any
+program runs, and between steps once every process the last one left is killed and reaped
+(each step starts in a container where nothing of the previous one runs). A runtime started
+in advance (below) is such a process until its go: the runtime and our own hook, blocked on
+a pipe only the runner writes, before the program's first byte is read. The files back are
+read the same way, under the program's uid once nothing of it runs, through directory
+descriptors without following any symbolic link, regular files only: the runner reads
+nothing the program could not have read itself, and nothing can change under it meanwhile.
+When the runner exits, the kernel kills every process left in the container, so nothing the
+program started outlives the reply.
 
 Python programs run "inline": the runner's interpreter is already started, so the program is run
 in a forked child with a fresh __main__ instead of paying for a new interpreter.
+Other runtimes whose own start dominates (Node.js) are started in advance in a warm container:
+forked, dropped to the program's uid and exec'd as the run would be, with a hook of ours that
+blocks on its highest descriptor before the main module is loaded
+(images/language/prestart.js). At the request
+the runner writes the files, then the stdin into the runtime's fd 0 (an empty regular file
+until then, sharing its offset with the runner's, so it is read from the start) and the
+arguments into that descriptor; the hook sets them and returns, and the runtime loads the
+program as a fresh `node main.js ARGS` would. What differs: its clocks since start
+(process.uptime(), performance.now()) count from the runtime's start, and its process id is
+a lower one.
 The attached stdin stays open while the program runs: when it closes, the worker is gone, and
 the runner kills the program and exits at once. The worker does not trust any of this: it
 caps what it reads and enforces the deadline itself.
@@ -324,12 +342,19 @@ def _limit_processes(nproc):
         raise OSError("setrlimit(RLIMIT_NPROC) failed")
 
 
-def _child_setup(stdin_fd, out_w, err_w, inline, uid, nproc):
+def _child_setup(stdin_fd, out_w, err_w, inline, uid, nproc, control=None):
     os.setsid()  # its own process group, so the deadline kills every process it started
     os.dup2(stdin_fd, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    last = os.sysconf("SC_OPEN_MAX")  # RLIMIT_NOFILE's soft limit: every fd is below it
+    if control is not None:
+        # A pre-started runtime waits for its go on the highest fd it may have: the runtime's
+        # own descriptors are then numbered as in any run (its hook closes this one).
+        last -= 1
+        os.dup2(control, last)
+        os.set_inheritable(last, True)
+    os.closerange(3, last)
     if nproc:
         _limit_processes(nproc)
     _drop_to(uid)
@@ -450,13 +475,13 @@ def _finalize(main, status, interrupted):
     os._exit(status)
 
 
-def _spawn(argv, stdin_fd, inline_path, uid, pipes, nproc, env):
+def _spawn(argv, stdin_fd, inline_path, uid, pipes, nproc, env, control=None):
     (out_r, out_w), (err_r, err_w) = pipes
     _flush()  # what is held goes out before anything of the program runs
     pid = os.fork()
     if pid == 0:
         try:
-            _child_setup(stdin_fd, out_w, err_w, inline_path is not None, uid, nproc)
+            _child_setup(stdin_fd, out_w, err_w, inline_path is not None, uid, nproc, control)
             if env:
                 os.environ.update(env)
             if inline_path is None:
@@ -648,11 +673,16 @@ def _run_step(argv, stdin, inline_path, timeout, kinds, limit, uid, nproc, env, 
         stdin_fd = os.open(os.devnull, os.O_RDONLY) if stdin is None else _stdin_fd(stdin)
         pipes = (os.pipe(), os.pipe())
     streams = [_Stream(kinds[0], limit, shared), _Stream(kinds[1], limit, shared)]
-    usage = _Usage()
     oom_before = _oom_kills()
     started = time.monotonic()
     pid, out_r, err_r = _spawn(argv, stdin_fd, inline_path, uid, pipes, nproc, env)
     os.close(stdin_fd)
+    return _step_result(pid, out_r, err_r, streams, started, timeout, oom_before)
+
+
+def _step_result(pid, out_r, err_r, streams, started, timeout, oom_before):
+    """Supervise the started step `pid` to its end, clear up after it; its step dict."""
+    usage = _Usage()
     status, timed_out = _supervise(
         pid, {out_r: streams[0], err_r: streams[1]}, started + timeout, usage
     )
@@ -672,6 +702,89 @@ def _run_step(argv, stdin, inline_path, timeout, kinds, limit, uid, nproc, env, 
         "stderr_bytes": streams[1].total,
         "usage": usage.report(),
     }
+
+
+class _Prestarted:
+    """The run's runtime, started before its request (a warm container's): see the docstring.
+
+    It is the program's process from its start: forked, set up and dropped to the program's
+    uid as any run is, and exec'd into `launch`, which starts the runtime and then blocks on
+    its highest descriptor (the control pipe) before anything of the program is loaded. The
+    runner then writes the program's files, the run's stdin into fd 0 (an empty file until
+    then, as any run's stdin a regular file) and the run's arguments into the control pipe
+    (each ended by a NUL byte), and closes it: the runtime takes its arguments and runs the
+    program as `run` would have. Only the first run of a request can be this one: nothing ran
+    before it.
+    """
+
+    def __init__(self, message, uid):
+        self.run = [item.decode("utf-8") for item in message.get("run", ())]
+        self.env = [item.decode("utf-8") for item in message.get("env", ())]
+        self.nproc = int(message.get("nproc", [b"0"])[0])
+        launch = [item.decode("utf-8") for item in message["launch"]]
+        with _AsUser(uid):  # nothing of the program runs: these are its own (/dev/stdin)
+            self.stdin_fd = _stdin_fd(b"")
+            control_r, self.control_w = os.pipe()
+            pipes = (os.pipe(), os.pipe())
+        env = dict(item.partition("=")[::2] for item in self.env)
+        self.pid, self.out_r, self.err_r = _spawn(
+            launch, self.stdin_fd, None, uid, pipes, self.nproc, env, control_r
+        )
+        os.close(control_r)
+
+    def serves(self, request):
+        """True when this runtime runs the request's first case exactly as `run` would."""
+        if request.get("compile") or request.get("inline", [b"0"])[0] == b"1":
+            return False
+        same = (
+            [item.decode("utf-8") for item in request.get("run", ())] == self.run
+            and [item.decode("utf-8") for item in request.get("env", ())] == self.env
+            and int(request.get("nproc", [b"0"])[0]) == self.nproc
+        )
+        return same and self._alive()
+
+    def _alive(self):
+        try:
+            done, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return done == 0
+
+    def start(self, stdin, args):
+        """Hand it the run's stdin and arguments: the program starts now."""
+        _flush()  # what is held goes out before anything of the program runs
+        # Its fd 0 shares this file description: written here and rewound, the program
+        # reads the whole stdin from the start, a regular file as every run's.
+        view = memoryview(stdin)
+        while view:
+            view = view[os.write(self.stdin_fd, view) :]
+        os.lseek(self.stdin_fd, 0, os.SEEK_SET)
+        os.close(self.stdin_fd)
+        view = memoryview(_nul_items(args))
+        try:
+            while view:
+                view = view[os.write(self.control_w, view) :]
+        except BrokenPipeError:
+            pass  # it is gone: its end is the step's result
+        os.close(self.control_w)
+
+    def discard(self):
+        """Not used: close its files; the next _clear() kills it."""
+        for fd in (self.stdin_fd, self.control_w, self.out_r, self.err_r):
+            os.close(fd)
+
+
+def _nul_items(items):
+    return b"".join(item.encode("utf-8") + b"\0" for item in items)
+
+
+def _run_prestarted(warm, stdin, args, timeout, limit, shared):
+    """Run a case in the pre-started runtime (the first case; nothing ran before it)."""
+    streams = [_Stream(b"O", limit, shared), _Stream(b"E", limit, shared)]
+    oom_before = _oom_kills()
+    started = time.monotonic()
+    warm.start(stdin, args)
+    return _step_result(warm.pid, warm.out_r, warm.err_r, streams, started, timeout, oom_before)
 
 
 def _cases(request):
@@ -864,8 +977,12 @@ def main():
     # interpreter installed one for SIGINT).
     _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
     uid = _program_uid(sys.argv)
-    _send(b"r", b"")
+    _send(b"r", b"prestart")
     request = _read_request(0)
+    warm = None
+    if "launch" in request:  # a warm container's runtime, started before its request
+        warm = _Prestarted(request, uid)
+        request = _read_request(0)
     received = time.monotonic()
     _hold(b"a", b"")  # out with the first case (or the build), before it starts
 
@@ -883,6 +1000,12 @@ def main():
             env[name] = value
     source = _safe_path(request["source"][0].decode("utf-8"))
     build = request.get("compile")
+    cases = _cases(request)
+    if warm is not None and not warm.serves(request):
+        warm.discard()
+        warm = None
+        if not _clear():  # it is killed before anything is written under its uid
+            raise Unsettled
     with _AsUser(uid):  # all the program may open by path again, owned by its uid
         for path, content in zip(request.get("path", ()), request.get("content", ()), strict=True):
             _write_file(_safe_path(path.decode("utf-8")), content)
@@ -916,12 +1039,16 @@ def main():
         budget = max(0.0, number("timeout") - (time.monotonic() - received))
         total = number("max_total_output")
         shared = None if total is None else [int(total)]
-        for index, (stdin, args) in enumerate(_cases(request)):
+        for index, (stdin, args) in enumerate(cases):
             command = args if inline else [*argv("run"), *args]
             _send(b"c", b"%d" % index)
-            step = _run_step(
-                command, stdin, inline, budget, (b"O", b"E"), limit, uid, nproc, env, shared
-            )
+            if warm is not None:
+                step = _run_prestarted(warm, stdin, args, budget, limit, shared)
+                warm = None  # it served its one case; the others start afresh
+            else:
+                step = _run_step(
+                    command, stdin, inline, budget, (b"O", b"E"), limit, uid, nproc, env, shared
+                )
             _hold(b"T", _json(step).encode())  # the next b"c", b"F" or b"R" follows at once
             budget = number("timeout")  # each case has the whole timeout to itself
     patterns = request.get("output")

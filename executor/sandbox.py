@@ -41,7 +41,14 @@ from executor.models import (
     iso,
 )
 from executor.policy import profile_name, sandbox_config
-from executor.protocol import CaseReply, OutputSink, Reply, encode_request
+from executor.protocol import (
+    PRESTART,
+    CaseReply,
+    OutputSink,
+    Reply,
+    encode_prestart,
+    encode_request,
+)
 from executor.results import NOT_RUN, run_status, same_output, summarize
 from executor.uids import UidAllocator, UidsExhausted
 
@@ -70,6 +77,7 @@ class Container:
     uid: int
     created: float = field(default_factory=time.monotonic)
     ready: bool = False  # its runner's ready frame has been read (warm containers)
+    features: frozenset[bytes] = frozenset()  # what its runner said it can do, when ready
 
     def alive(self) -> bool:
         """True while the runner still waits: nothing to read, connection open."""
@@ -156,6 +164,28 @@ class Sandbox:
         self.events(metrics.CONTAINERS_FAILED, 1)
         raise SandboxError(f"no free sandbox uid after {UID_ATTEMPTS} draws")
 
+    def prepare_warm(
+        self, language: Language, memory_mb: int, cpus: float, timeout: float
+    ) -> Container | None:
+        """A container for the warm pool: prepared, ready, and its language's runtime started
+        in advance where it has one to start (Language.prestart, EXECUTOR_PRESTART) and its
+        runner can (an image built before pre-starts cannot: it waits as it is). None, and
+        nothing left behind, when it did not become ready within `timeout`."""
+        container = self.prepare(language, memory_mb, cpus)
+        ready = self.wait_ready(container, timeout)
+        wanted = language.prestart and self.settings.prestart
+        if ready and wanted and PRESTART in container.features:
+            message = encode_prestart(language, memory_mb, self.settings.pids_limit)
+            try:
+                container.sock.settimeout(self.settings.docker_timeout)
+                container.sock.sendall(message)
+            except OSError:
+                ready = False
+        if not ready:
+            self.destroy(container)
+            return None
+        return container
+
     def wait_ready(self, container: Container, timeout: float) -> bool:
         """Wait until the container's runner says it waits for a program (warm pool use)."""
         reply = Reply(0)
@@ -177,6 +207,7 @@ class Sandbox:
             reply.feed(data)
         # Anything beyond the ready frame would be a runner that does not wait: refuse it.
         container.ready = not reply.pending and not reply.broken
+        container.features = reply.features
         return container.ready
 
     def destroy(self, container: Container) -> None:

@@ -7,7 +7,17 @@ import struct
 
 import pytest
 
-from executor.protocol import RESULT_MAX, MalformedResult, Reply, parse_final, parse_step
+from executor.languages import REGISTRY
+from executor.models import Limits, RunRequest
+from executor.protocol import (
+    RESULT_MAX,
+    MalformedResult,
+    Reply,
+    encode_prestart,
+    encode_request,
+    parse_final,
+    parse_step,
+)
 
 STEP = {
     "exit_code": 0,
@@ -234,7 +244,16 @@ def test_frames_out_of_order_break_the_reply():
     assert reply_of(frame(b"r"), frame(b"a"), frame(b"a")).broken
     assert reply_of(frame(b"r"), frame(b"a"), frame(b"X")).broken
     assert reply_of(frame(b"r"), frame(b"a"), frame(b"O", b"outside a case")).broken
-    assert reply_of(frame(b"r", b"x")).broken  # the ready frame is empty
+    # The ready frame names the runner's features: lowercase words, a few, short.
+    for payload in (b"X", b"pre start!", b"a" * 17, b" prestart", b"prestart ", b"a " * 8 + b"a"):
+        assert reply_of(frame(b"r", payload)).broken, payload
+
+
+def test_the_ready_frame_says_what_the_runner_can_do():
+    assert reply_of(frame(b"r")).features == frozenset()  # an older runner's: nothing more
+    reply = reply_of(frame(b"r", b"prestart other"))
+    assert reply.ready and not reply.broken
+    assert reply.features == {b"prestart", b"other"}
 
 
 def test_data_after_the_result_breaks_the_reply():
@@ -356,3 +375,35 @@ def test_a_product_still_arriving_is_not_a_product():
     assert not reply.broken and reply.products == ()
     reply.feed(docker(frame(b"Q", b"zw")))
     assert [p.data for p in reply.products] == [b"xyzw"]
+
+
+def fields_of(message: bytes) -> dict[str, list[bytes]]:
+    """The runner's reading of a request or pre-start message (executor.runner)."""
+    length, _, body = message.partition(b"\n")
+    assert int(length) == len(body)
+    fields: dict[str, list[bytes]] = {}
+    at = 0
+    while at < len(body):
+        eol = body.index(b"\n", at)
+        name, _, size = body[at:eol].partition(b" ")
+        end = eol + 1 + int(size)
+        fields.setdefault(name.decode(), []).append(body[eol + 1 : end])
+        at = end
+    return fields
+
+
+@pytest.mark.parametrize("memory_mb", [64, 512, 100])
+@pytest.mark.parametrize("language", [lang for lang in REGISTRY if lang.prestart])
+def test_a_prestarted_runtime_is_launched_as_its_run_with_only_the_hook_added(language, memory_mb):
+    """The runner takes the pre-started runtime for a request whose run, env and nproc are the
+    message's: what it launched must be that run command, with the hook before the program."""
+    request = RunRequest(
+        code="x", language=language.name, limits=Limits(10.0, memory_mb, 0.5, 64, 100)
+    )
+    asked = fields_of(encode_request(request, language, 1024))
+    warm = fields_of(encode_prestart(language, memory_mb, 64))
+    assert warm["run"] == asked["run"] and warm.get("env") == asked.get("env")
+    assert warm["nproc"] == asked["nproc"]
+    launch, run = warm["launch"], warm["run"]
+    assert launch[:-3] + launch[-1:] == run  # the same command and program file
+    assert launch[-3:-1] == [b"--require", b"/opt/executor/prestart.js"]
