@@ -20,6 +20,10 @@ Safe by design (the README's security model says why in full):
   there as the program would have after its own build: nothing outside a sandbox opens them;
 - per worker process, in memory, bounded in bytes (least recently used first out, a build over
   a quarter of the cache is not kept), and off with EXECUTOR_BUILD_CACHE_MB=0.
+Kept on second sight (EXECUTOR_BUILD_CACHE_ADMIT, 2 by default): a build is only asked for its
+products once its key was seen before (a bounded set of recent keys), so a program that never
+comes again (an agent's, each one new) costs no transfer of products; one that does is built
+twice, then never again.
 What a program could tell apart from a fresh build: its build's own caches (Go's GOCACHE under
 the working directory) are absent, and the products' timestamps are those of the copy.
 """
@@ -74,12 +78,18 @@ def build_key(image_id: str, runtime: str, language: Language, request: RunReque
     return digest.hexdigest()
 
 
-class BuildCache:
-    """Builds by key, at most `max_bytes` of them, least recently used evicted first."""
+SEEN_MAX = 8192  # keys remembered for admission (about 1.5 MiB at most)
 
-    def __init__(self, max_bytes: int) -> None:
+
+class BuildCache:
+    """Builds by key, at most `max_bytes` of them, least recently used evicted first; a build
+    is worth keeping from the `admit`-th time its key is looked up (see the docstring)."""
+
+    def __init__(self, max_bytes: int, admit: int = 1) -> None:
         self.max_bytes = max_bytes
+        self.admit = admit
         self._entries: OrderedDict[str, Build] = OrderedDict()
+        self._seen: OrderedDict[str, int] = OrderedDict()  # key: its lookups (up to `admit`)
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -98,6 +108,18 @@ class BuildCache:
             if build is not None:
                 self._entries.move_to_end(key)
             return build
+
+    def admits(self, key: str) -> bool:
+        """Whether the build of `key`, missed now, is worth asking for its products: true
+        from its `admit`-th lookup on. Each call counts one lookup."""
+        if not self.enabled:
+            return False
+        with self._lock:
+            seen = min(self.admit, self._seen.pop(key, 0) + 1)
+            self._seen[key] = seen  # the most recent now
+            while len(self._seen) > SEEN_MAX:
+                self._seen.popitem(last=False)
+            return seen >= self.admit
 
     def put(self, key: str, build: Build) -> None:
         if not self.enabled or not build.products or build.size > self.entry_max:

@@ -211,6 +211,9 @@ class Settings:
     image_tag: str = _setting("EXECUTOR_IMAGE_TAG", "", _tag)
     # The worker's cache of build products (compiled languages), in MiB; 0 turns it off.
     build_cache_mb: int = _setting("EXECUTOR_BUILD_CACHE_MB", 256, _int(0))
+    # A build's products are asked for (and kept) from the N-th identical request on: the
+    # earlier ones cost the worker only the key, and the transfer of products nobody reuses.
+    build_cache_admit: int = _setting("EXECUTOR_BUILD_CACHE_ADMIT", 2, _int(1))
     docker_api_version: str = _setting("EXECUTOR_DOCKER_API_VERSION", "1.41", _str)
     # Seconds per Docker API call.
     docker_timeout: float = _setting("EXECUTOR_DOCKER_TIMEOUT", 30.0, _float(1.0))

@@ -103,7 +103,7 @@ class Sandbox:
         self._starts = threading.BoundedSemaphore(settings.max_starts)
         self.owner = engine.identity  # the worker label of every container made here
         self.uids = UidAllocator(*settings.sandbox_uids)
-        self.builds = BuildCache(settings.build_cache_mb << 20)
+        self.builds = BuildCache(settings.build_cache_mb << 20, settings.build_cache_admit)
 
     def prepare(
         self, language: Language, memory_mb: int, cpus: float, execution: str = ""
@@ -258,7 +258,8 @@ class Sandbox:
             key = build_key(container.image_id, settings.runtime, language, request)
             cached = self.builds.get(key)
             self.events(metrics.BUILD_CACHE_HITS if cached else metrics.BUILD_CACHE_MISSES, 1)
-        products_max = self.builds.entry_max if key is not None and cached is None else 0
+        wanted = key is not None and cached is None and self.builds.admits(key)
+        products_max = self.builds.entry_max if wanted else 0
         payload = encode_request(
             request,
             language,
@@ -337,7 +338,7 @@ class Sandbox:
         result = self._result(container, request, reply, killed, measured_ms, started_at, cancelled)
         if cached is not None:
             result.compile = StepResult(0, cached.stdout, cached.stderr, 0, cached=True)
-        elif key is not None and _built_whole(reply) and result.compile is not None:
+        elif wanted and key is not None and _built_whole(reply) and result.compile is not None:
             built = Build(reply.products, result.compile.stdout, result.compile.stderr)
             self.builds.put(key, built)
         return result

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from executor import metrics
+from executor.config import Settings
 from executor.languages import REGISTRY
 from executor.models import File, RunRequest
 from executor.sandbox import default_limits
@@ -169,3 +170,20 @@ def test_the_build_cache_can_be_turned_off(settings: Any):
     finally:
         svc.stop()
     assert counted[metrics.BUILD_CACHE_HITS] == counted[metrics.BUILD_CACHE_MISSES] == 0
+
+
+def test_by_default_a_build_is_kept_on_second_sight(settings: Any):
+    """EXECUTOR_BUILD_CACHE_ADMIT's default: the first build of a program only has its key
+    remembered (no products asked for), the second is kept, the third is a hit."""
+    svc = ExecutionService(replace(settings, build_cache_admit=Settings().build_cache_admit))
+    try:
+        code = unique(PROGRAMS["c"]["hello"])
+        cached = []
+        for n in range(3):
+            result = svc.run(c_request(svc, code), f"66666666-6666-4666-8666-66666666669{n}")
+            assert result.status == "success" and result.compile is not None
+            cached.append(result.compile.cached)
+        assert cached == [False, False, True]
+        assert svc.sandbox.builds.stats()["entries"] == 1
+    finally:
+        svc.stop()

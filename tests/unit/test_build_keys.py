@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from executor.build_cache import Build, BuildCache, build_key
+from executor.build_cache import SEEN_MAX, Build, BuildCache, build_key
 from executor.config import Settings, SettingsError
 from executor.languages import NODE_SNAPSHOT_MEMORY, languages, steps
 from executor.models import File, Limits, RunRequest, TestCase
@@ -142,3 +142,22 @@ def test_nodes_startup_snapshot_is_named_only_for_a_heap_the_images_have():
     )
     assert steps(js, "console.log(1)", 300).run == ("node", "--max-old-space-size=209", "main.js")
     assert all(memory in NODE_SNAPSHOT_MEMORY for memory in (64, 128, 256, 512, 1024, 2048))
+
+
+def test_a_build_is_worth_keeping_from_its_admit_th_lookup():
+    cache = BuildCache(4000, admit=2)
+    assert not cache.admits("a")  # first sight: only the key is remembered
+    assert not cache.admits("b")
+    assert cache.admits("a")  # seen before: ask for its products
+    assert cache.admits("a")  # (a put then makes it a hit; until then, still worth it)
+    assert cache.admits("b")
+    assert BuildCache(4000).admits("c")  # admit 1: on first sight
+    assert not BuildCache(0, admit=1).admits("c")  # a cache turned off keeps nothing
+
+
+def test_the_keys_remembered_for_admission_are_bounded():
+    cache = BuildCache(4000, admit=2)
+    for n in range(SEEN_MAX + 1):
+        cache.admits(f"k{n}")
+    assert not cache.admits("k0")  # the oldest was forgotten: first sight again
+    assert cache.admits(f"k{SEEN_MAX}")
