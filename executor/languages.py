@@ -172,7 +172,9 @@ REGISTRY: tuple[Language, ...] = (
         image="executor-go:1.19",
         packages=("golang-go",),
         source_file="main.go",
-        compile=("go", "build", "-o", "main", "main.go"),
+        # Without the symbol table and DWARF (-s -w): 1.8 MB -> 1.2 MB; a panic's traceback
+        # still names the program's functions, files and lines (from the runtime's own tables).
+        compile=("go", "build", "-ldflags=-s -w", "-o", "main", "main.go"),
         compile_timeout=60.0,
         products=("main",),
         run=("./main",),
