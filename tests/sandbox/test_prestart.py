@@ -1,6 +1,6 @@
-"""A runtime started in advance (Node.js in a warm container) gives the program what a fresh
-process would: each program of a corpus runs in a pre-started runtime and in a container that
-starts the runtime for it, and the two must agree on status, exit code, signal, stdout and
+"""A runtime started in advance (Node.js and Ruby in a warm container) gives the program what a
+fresh process would: each program of a corpus runs in a pre-started runtime and in a container
+that starts the runtime for it, and the two must agree on status, exit code, signal, stdout and
 stderr. Then what decides whether the pre-started runtime is used at all.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import docker
@@ -23,11 +23,18 @@ from tests.conftest import TEST_IMAGE_TAG, wait_gone
 
 pytestmark = pytest.mark.docker
 
+Services = Callable[[str, bool], ExecutionService]
+
 ID = "55555555-5555-4555-8555-555555555555"
 # Printed by a program that runs in a runtime started before its request: the test waits
 # longer than this after the pool is warm.
 WAITED_S = 1.5
 PRESTARTED = "console.log('prestarted', process.uptime() > 1);\n"
+# Ruby's: the process's start time (clock ticks since boot) against the runner's.
+RUBY_PRESTARTED = (
+    "ticks = ->(pid) { File.read(\"/proc/#{pid}/stat\").split(') ', 2)[1].split[19].to_i }\n"
+    'puts "prestarted #{ticks.(Process.pid) - ticks.(1) < 100}"\n'
+)
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,7 @@ class Case:
     files: dict[str, str] = field(default_factory=dict)
 
 
-CORPUS = {
+JS_CORPUS = {
     "hello": Case("console.log('hello')"),
     "argv-and-main": Case(
         "console.log(process.argv, process.execArgv, require.main === module, module.id,"
@@ -109,6 +116,55 @@ CORPUS = {
 }
 
 
+RUBY_CORPUS = {
+    "hello": Case('puts "hello"'),
+    "argv-and-main": Case(
+        "p ARGV, ARGV.map(&:encoding), ARGV.map(&:frozen?), $0, __FILE__, $PROGRAM_NAME,"
+        " __dir__, Dir.pwd, __method__",
+        args=("a b", "", "-x", "ünï"),
+    ),
+    "loaded": Case(
+        "p $LOADED_FEATURES.size, $LOADED_FEATURES.grep(/executor|prestart/),"
+        " $LOAD_PATH.size, defined?(Gem), defined?(DidYouMean)"
+    ),
+    "globals": Case(
+        "p global_variables.sort, local_variables, Object.constants.size,"
+        " self.class.private_instance_methods(false).sort, TracePoint.stat.size"
+    ),
+    "exit-code": Case('puts "out"; warn "err"; exit 3'),
+    "exit-bang": Case('$stdout.write "x"; exit!(4)'),
+    "abort": Case('abort "bye"'),
+    "uncaught-exception": Case("def f\n  raise ArgumentError, 'boom'\nend\nf"),
+    "did-you-mean": Case("lenght = 1\nputs lengt"),
+    "syntax-error": Case("puts(1\nx = = 2"),
+    "stdin-three-ways": Case(
+        "p STDIN.read, File.read('/dev/stdin').size, File.file?('/dev/stdin')", stdin="l1\nl2\n"
+    ),
+    "stdin-lines": Case("p $stdin.each_line.count", stdin="x\n" * 50000),
+    "env": Case("ENV.keys.sort.each { |k| puts \"#{k}=#{ENV[k]}\" unless k == 'HOSTNAME' }"),
+    "data-section": Case("p DATA.read, File.read(__FILE__).size\n__END__\ndata here\n"),
+    "shebang-flags": Case("#!/usr/bin/env ruby -w\np $VERBOSE\nx = 1"),
+    "magic-comments": Case(
+        "# frozen_string_literal: true\np 'lit'.frozen?, __ENCODING__, ''.encoding"
+    ),
+    "begin-block": Case('puts "main"\nBEGIN { puts "begin" }\nEND { puts "end" }'),
+    "require-relative": Case(
+        "require_relative 'lib'\np LIB, $LOADED_FEATURES.grep(/lib/).size",
+        files={"lib.rb": "LIB = 42\n"},
+    ),
+    "threads": Case("p 8.times.map { |i| Thread.new { i * 2 } }.map(&:value).sum"),
+    "subprocess": Case("system('ruby', '-e', 'p ARGV', 'x')\np $?.exitstatus"),
+    "fork": Case("pid = fork { exit 7 }\nProcess.wait(pid)\np $?.exitstatus"),
+    "open-files": Case("p Dir.children('/proc/self/fd').map(&:to_i).sort"),
+    "signal-death": Case("Process.kill('TERM', Process.pid)\nsleep 1"),
+    "stack-depth": Case(
+        "def f(n) = f(n + 1)\nbegin\n  f(0)\nrescue SystemStackError => e\n  p e.class\nend"
+    ),
+}
+CORPORA = {"javascript": JS_CORPUS, "ruby": RUBY_CORPUS}
+MARKERS = {"javascript": PRESTARTED, "ruby": RUBY_PRESTARTED}
+
+
 def wait_warm(svc: ExecutionService) -> None:
     deadline = time.monotonic() + 60
     while svc.pool_stats()["warm"] < 1:
@@ -117,45 +173,53 @@ def wait_warm(svc: ExecutionService) -> None:
     time.sleep(WAITED_S)  # long enough that a pre-started runtime shows its age
 
 
-def node_service(settings: Settings, prestart: bool, **more: object) -> ExecutionService:
-    """A worker's service with a warm pool of JavaScript only (the branch's own image)."""
-    svc = ExecutionService(
-        replace(
-            settings,
-            pool_size=1,
-            worker_languages=("javascript",),
-            image_tag=TEST_IMAGE_TAG,
-            prestart=prestart,
-            # Its own instance: a worker's reaper takes the sandboxes of its instance's other
-            # identities in its own process for a dead incarnation's.
-            instance=f"pytest-prestart-{int(prestart)}",
-            **more,  # type: ignore[arg-type]
-        )
-    )
-    svc.start()
-    return svc
-
-
 @pytest.fixture(scope="module")
-def warm(settings: Settings, raw_docker: docker.DockerClient) -> Iterator[ExecutionService]:
-    svc = node_service(settings, True, max_stdin_bytes=3 << 20)
-    yield svc
-    svc.stop()
-    assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
+def services(settings: Settings, raw_docker: docker.DockerClient) -> Iterator[Services]:
+    """services(language, prestart): a worker's service with a warm pool of that language
+    only (the branch's own image), made once per module."""
+    made: dict[tuple[str, bool], ExecutionService] = {}
+
+    def get(language: str, prestart: bool) -> ExecutionService:
+        if (language, prestart) not in made:
+            svc = ExecutionService(
+                replace(
+                    settings,
+                    pool_size=1,
+                    worker_languages=(language,),
+                    image_tag=TEST_IMAGE_TAG,
+                    prestart=prestart,
+                    max_stdin_bytes=3 << 20,
+                    # Its own instance: a worker's reaper takes the sandboxes of its
+                    # instance's other identities in its own process for a dead incarnation's.
+                    instance=f"pytest-prestart-{language}-{int(prestart)}",
+                )
+            )
+            svc.start()
+            made[language, prestart] = svc
+        return made[language, prestart]
+
+    yield get
+    for svc in made.values():
+        svc.stop()
+    for svc in made.values():
+        assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
 
 
-@pytest.fixture(scope="module")
-def fresh(settings: Settings, raw_docker: docker.DockerClient) -> Iterator[ExecutionService]:
-    svc = node_service(settings, False)
-    yield svc
-    svc.stop()
-    assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
+@pytest.fixture
+def warm(services: Services) -> ExecutionService:
+    return services("javascript", True)
+
+
+@pytest.fixture
+def fresh(services: Services) -> ExecutionService:
+    return services("javascript", False)
 
 
 def run(svc: ExecutionService, code: str, **fields: object) -> RunResult:
     wait_warm(svc)
     fields.setdefault("limits", default_limits(svc.settings))
-    request = RunRequest(code=code, language="javascript", **fields)  # type: ignore[arg-type]
+    fields.setdefault("language", svc.served[0])
+    request = RunRequest(code=code, **fields)  # type: ignore[arg-type]
     result = svc.run(request, ID)
     assert result.warm, result
     return result
@@ -167,19 +231,29 @@ def outcome(r: RunResult) -> tuple[object, ...]:
     return (r.status, r.exit_code, r.signal, r.stdout, stderr)
 
 
-@pytest.mark.parametrize("name", sorted(CORPUS))
-def test_a_prestarted_runtime_answers_as_a_fresh_one(warm, fresh, name):
-    case = CORPUS[name]
+@pytest.mark.parametrize(
+    ("language", "name"), [(lang, name) for lang, cases in CORPORA.items() for name in cases]
+)
+def test_a_prestarted_runtime_answers_as_a_fresh_one(services, language, name):
+    case = CORPORA[language][name]
     files = tuple(File(path, text) for path, text in case.files.items())
     fields = {"stdin": case.stdin, "args": case.args, "files": files}
-    ours = run(warm, case.code, **fields)
-    theirs = run(fresh, case.code, **fields)
+    ours = run(services(language, True), case.code, **fields)
+    theirs = run(services(language, False), case.code, **fields)
     assert outcome(ours) == outcome(theirs)
 
 
-def test_the_runtime_is_started_in_advance_only_where_prestart_is_on(warm, fresh):
-    assert run(warm, PRESTARTED).stdout == "prestarted true\n"
-    assert run(fresh, PRESTARTED).stdout == "prestarted false\n"
+@pytest.mark.parametrize("language", sorted(CORPORA))
+def test_the_runtime_is_started_in_advance_only_where_prestart_is_on(services, language):
+    marker = MARKERS[language]
+    assert run(services(language, True), marker).stdout == "prestarted true\n"
+    assert run(services(language, False), marker).stdout == "prestarted false\n"
+
+
+def test_a_ruby_program_is_a_regular_file_and_its_fifo_is_gone(services):
+    code = RUBY_PRESTARTED + "p File.ftype(__FILE__), Dir.children('.').sort\n"
+    r = run(services("ruby", True), code, files=(File("extra.txt", "x"),))
+    assert r.stdout == 'prestarted true\n"file"\n["extra.txt", "main.rb"]\n', r.stderr
 
 
 def test_the_first_test_case_runs_prestarted_and_the_others_afresh(warm):
