@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import docker
 import pytest
@@ -20,6 +20,7 @@ from executor.policy import LABEL_WORKER
 from executor.sandbox import default_limits
 from executor.service import ExecutionService
 from tests.conftest import TEST_IMAGE_TAG, wait_gone
+from tests.sandbox.test_differential import Case  # a program, its stdin, args and files
 
 pytestmark = pytest.mark.docker
 
@@ -35,14 +36,6 @@ RUBY_PRESTARTED = (
     "ticks = ->(pid) { File.read(\"/proc/#{pid}/stat\").split(') ', 2)[1].split[19].to_i }\n"
     'puts "prestarted #{ticks.(Process.pid) - ticks.(1) < 100}"\n'
 )
-
-
-@dataclass(frozen=True)
-class Case:
-    code: str
-    stdin: str = ""
-    args: tuple[str, ...] = ()
-    files: dict[str, str] = field(default_factory=dict)
 
 
 JS_CORPUS = {
