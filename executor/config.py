@@ -231,8 +231,8 @@ class Settings:
     pool_max_idle_s: float = _setting("EXECUTOR_POOL_MAX_IDLE", 300.0, _float(1.0))
     pool_refill_concurrency: int = _setting("EXECUTOR_POOL_REFILL_CONCURRENCY", 2, _int(1))
     # Warm containers start their language's runtime in advance where the registry says how
-    # (Node.js, Ruby): its start is then off the execution's path, for the runtime's idle
-    # memory (Node.js about 13.7 MiB, Ruby 6). Off: every warm container holds the runner only.
+    # (Node.js): its start is then off the execution's path, for the runtime's idle memory
+    # (about 13 MiB per warm container of it). Off: every warm container holds the runner only.
     prestart: bool = _setting("EXECUTOR_PRESTART", True, _flag)
     # Containers being created and started at once, pool and cold runs together.
     max_starts: int = _setting("EXECUTOR_MAX_STARTS", 4, _int(1))

@@ -252,8 +252,6 @@ REGISTRY: tuple[Language, ...] = (
         packages=("ruby",),
         source_file="main.rb",
         run=("ruby", "main.rb"),
-        prestart=("ruby", "-r/opt/executor/prestart.rb", "main.rb"),
-        prestart_fifo=True,
         oom_markers=("failed to allocate memory (NoMemoryError)",),
     ),
     Language(

@@ -92,9 +92,6 @@ class Language:
     # `run`): its run command with the runtime's own hook (images/language/prestart.*), which
     # waits for the program's arguments before the program is loaded (see executor.runner).
     prestart: tuple[str, ...] = ()
-    # The runtime opens its program before any hook of ours runs (Ruby): its file is a FIFO
-    # until the request, filled at the go (see executor.runner's _Prestarted).
-    prestart_fifo: bool = False
 
     @property
     def compiled(self) -> bool:

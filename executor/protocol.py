@@ -127,8 +127,6 @@ def encode_prestart(language: Language, memory_mb: int, nproc: int) -> bytes:
     fields += [("run", item) for item in program.run]
     fields += [("env", f"{name}={value}") for name, value in program.env]
     fields += [("nproc", str(nproc))]
-    if language.prestart_fifo:
-        fields += [("fifo", program.source)]
     return _frame_fields(fields)
 
 

@@ -715,42 +715,25 @@ class _Prestarted:
     (each ended by a NUL byte), and closes it: the runtime takes its arguments and runs the
     program as `run` would have. Only the first run of a request can be this one: nothing ran
     before it.
-
-    A runtime that opens its program before any hook of ours runs (Ruby) is given a FIFO at
-    the program's path (`fifo`): it opens it and blocks reading it. At the request the FIFO's
-    name is removed before any file is written (the program's file is then a regular file,
-    as in any run), and at the go the code goes into the FIFO, which it reads to the end.
     """
 
     def __init__(self, message, uid):
         self.run = [item.decode("utf-8") for item in message.get("run", ())]
         self.env = [item.decode("utf-8") for item in message.get("env", ())]
         self.nproc = int(message.get("nproc", [b"0"])[0])
-        self.uid = uid
         launch = [item.decode("utf-8") for item in message["launch"]]
-        fifo = message.get("fifo")
-        self.fifo = _safe_path(fifo[0].decode("utf-8")) if fifo else None
-        self.fifo_w = None
         with _AsUser(uid):  # nothing of the program runs: these are its own (/dev/stdin)
             self.stdin_fd = _stdin_fd(b"")
             control_r, self.control_w = os.pipe()
             pipes = (os.pipe(), os.pipe())
-            if self.fifo is not None:
-                os.mkfifo(self.fifo, 0o600)
-                # Read-write: it opens without a reader, and the runtime's open returns at once.
-                self.fifo_w = os.open(self.fifo, os.O_RDWR | os.O_CLOEXEC)
-        self.capacity = min(
-            _grow_pipe(fd) for fd in (self.control_w, self.fifo_w) if fd is not None
-        )
         env = dict(item.partition("=")[::2] for item in self.env)
         self.pid, self.out_r, self.err_r = _spawn(
             launch, self.stdin_fd, None, uid, pipes, self.nproc, env, control_r
         )
         os.close(control_r)
 
-    def serves(self, request, args):
-        """True when this runtime runs the request's first case exactly as `run` would (and
-        what the runner writes into its pipes fits them: nothing waits for the other side)."""
+    def serves(self, request):
+        """True when this runtime runs the request's first case exactly as `run` would."""
         if request.get("compile") or request.get("inline", [b"0"])[0] == b"1":
             return False
         same = (
@@ -758,11 +741,7 @@ class _Prestarted:
             and [item.decode("utf-8") for item in request.get("env", ())] == self.env
             and int(request.get("nproc", [b"0"])[0]) == self.nproc
         )
-        fits = len(_nul_items(args)) <= self.capacity
-        if self.fifo is not None:
-            source = _safe_path(request["source"][0].decode("utf-8"))
-            fits = fits and source == self.fifo and len(request["code"][0]) <= self.capacity
-        return same and fits and self._alive()
+        return same and self._alive()
 
     def _alive(self):
         try:
@@ -771,14 +750,8 @@ class _Prestarted:
             return False
         return done == 0
 
-    def unlink_fifo(self):
-        """Remove the FIFO's name (the runtime keeps it open): before any file is written."""
-        if self.fifo is not None:
-            with _AsUser(self.uid):
-                os.unlink(self.fifo)
-
-    def start(self, stdin, args, code):
-        """Hand it the run's stdin, arguments (and code): the program starts now."""
+    def start(self, stdin, args):
+        """Hand it the run's stdin and arguments: the program starts now."""
         _flush()  # what is held goes out before anything of the program runs
         # Its fd 0 shares this file description: written here and rewound, the program
         # reads the whole stdin from the start, a regular file as every run's.
@@ -787,45 +760,30 @@ class _Prestarted:
             view = view[os.write(self.stdin_fd, view) :]
         os.lseek(self.stdin_fd, 0, os.SEEK_SET)
         os.close(self.stdin_fd)
-        sends = [(self.control_w, _nul_items(args))]
-        if self.fifo_w is not None:
-            sends.append((self.fifo_w, code))
-        for fd, data in sends:  # each fits its pipe (serves): no write waits
-            view = memoryview(data)
-            try:
-                while view:
-                    view = view[os.write(fd, view) :]
-            except BrokenPipeError:
-                pass  # it is gone: its end is the step's result
-            os.close(fd)
+        view = memoryview(_nul_items(args))
+        try:
+            while view:
+                view = view[os.write(self.control_w, view) :]
+        except BrokenPipeError:
+            pass  # it is gone: its end is the step's result
+        os.close(self.control_w)
 
     def discard(self):
         """Not used: close its files; the next _clear() kills it."""
-        for fd in (self.stdin_fd, self.control_w, self.fifo_w, self.out_r, self.err_r):
-            if fd is not None:
-                os.close(fd)
-
-
-def _grow_pipe(fd):
-    """Let the pipe hold up to 1 MiB (the unprivileged maximum); what it holds now."""
-    import fcntl
-
-    try:
-        return fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ
-    except OSError:
-        return fcntl.fcntl(fd, 1032)  # F_GETPIPE_SZ
+        for fd in (self.stdin_fd, self.control_w, self.out_r, self.err_r):
+            os.close(fd)
 
 
 def _nul_items(items):
     return b"".join(item.encode("utf-8") + b"\0" for item in items)
 
 
-def _run_prestarted(warm, stdin, args, code, timeout, limit, shared):
+def _run_prestarted(warm, stdin, args, timeout, limit, shared):
     """Run a case in the pre-started runtime (the first case; nothing ran before it)."""
     streams = [_Stream(b"O", limit, shared), _Stream(b"E", limit, shared)]
     oom_before = _oom_kills()
     started = time.monotonic()
-    warm.start(stdin, args, code)
+    warm.start(stdin, args)
     return _step_result(warm.pid, warm.out_r, warm.err_r, streams, started, timeout, oom_before)
 
 
@@ -1043,18 +1001,15 @@ def main():
     source = _safe_path(request["source"][0].decode("utf-8"))
     build = request.get("compile")
     cases = _cases(request)
-    code = request["code"][0]
-    if warm is not None:
-        warm.unlink_fifo()  # the program's path is free for its own file, used or not
-        if not warm.serves(request, cases[0][1]):
-            warm.discard()
-            warm = None
-            if not _clear():  # it is killed before anything is written under its uid
-                raise Unsettled
+    if warm is not None and not warm.serves(request):
+        warm.discard()
+        warm = None
+        if not _clear():  # it is killed before anything is written under its uid
+            raise Unsettled
     with _AsUser(uid):  # all the program may open by path again, owned by its uid
         for path, content in zip(request.get("path", ()), request.get("content", ()), strict=True):
             _write_file(_safe_path(path.decode("utf-8")), content)
-        _write_file(source, code)
+        _write_file(source, request["code"][0])
         for header, content in zip(
             request.get("built", ()), request.get("built_content", ()), strict=True
         ):
@@ -1088,7 +1043,7 @@ def main():
             command = args if inline else [*argv("run"), *args]
             _send(b"c", b"%d" % index)
             if warm is not None:
-                step = _run_prestarted(warm, stdin, args, code, budget, limit, shared)
+                step = _run_prestarted(warm, stdin, args, budget, limit, shared)
                 warm = None  # it served its one case; the others start afresh
             else:
                 step = _run_step(

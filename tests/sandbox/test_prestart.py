@@ -1,6 +1,6 @@
-"""A runtime started in advance (Node.js and Ruby in a warm container) gives the program what a
-fresh process would: each program of a corpus runs in a pre-started runtime and in a container
-that starts the runtime for it, and the two must agree on status, exit code, signal, stdout and
+"""A runtime started in advance (Node.js in a warm container) gives the program what a fresh
+process would: each program of a corpus runs in a pre-started runtime and in a container that
+starts the runtime for it, and the two must agree on status, exit code, signal, stdout and
 stderr. Then what decides whether the pre-started runtime is used at all.
 """
 
@@ -31,11 +31,6 @@ ID = "55555555-5555-4555-8555-555555555555"
 # longer than this after the pool is warm.
 WAITED_S = 1.5
 PRESTARTED = "console.log('prestarted', process.uptime() > 1);\n"
-# Ruby's: the process's start time (clock ticks since boot) against the runner's.
-RUBY_PRESTARTED = (
-    "ticks = ->(pid) { File.read(\"/proc/#{pid}/stat\").split(') ', 2)[1].split[19].to_i }\n"
-    'puts "prestarted #{ticks.(Process.pid) - ticks.(1) < 100}"\n'
-)
 
 
 JS_CORPUS = {
@@ -109,53 +104,8 @@ JS_CORPUS = {
 }
 
 
-RUBY_CORPUS = {
-    "hello": Case('puts "hello"'),
-    "argv-and-main": Case(
-        "p ARGV, ARGV.map(&:encoding), ARGV.map(&:frozen?), $0, __FILE__, $PROGRAM_NAME,"
-        " __dir__, Dir.pwd, __method__",
-        args=("a b", "", "-x", "ünï"),
-    ),
-    "loaded": Case(
-        "p $LOADED_FEATURES.size, $LOADED_FEATURES.grep(/executor|prestart/),"
-        " $LOAD_PATH.size, defined?(Gem), defined?(DidYouMean)"
-    ),
-    "globals": Case(
-        "p global_variables.sort, local_variables, Object.constants.size,"
-        " self.class.private_instance_methods(false).sort, TracePoint.stat.size"
-    ),
-    "exit-code": Case('puts "out"; warn "err"; exit 3'),
-    "exit-bang": Case('$stdout.write "x"; exit!(4)'),
-    "abort": Case('abort "bye"'),
-    "uncaught-exception": Case("def f\n  raise ArgumentError, 'boom'\nend\nf"),
-    "did-you-mean": Case("lenght = 1\nputs lengt"),
-    "syntax-error": Case("puts(1\nx = = 2"),
-    "stdin-three-ways": Case(
-        "p STDIN.read, File.read('/dev/stdin').size, File.file?('/dev/stdin')", stdin="l1\nl2\n"
-    ),
-    "stdin-lines": Case("p $stdin.each_line.count", stdin="x\n" * 50000),
-    "env": Case("ENV.keys.sort.each { |k| puts \"#{k}=#{ENV[k]}\" unless k == 'HOSTNAME' }"),
-    "data-section": Case("p DATA.read, File.read(__FILE__).size\n__END__\ndata here\n"),
-    "shebang-flags": Case("#!/usr/bin/env ruby -w\np $VERBOSE\nx = 1"),
-    "magic-comments": Case(
-        "# frozen_string_literal: true\np 'lit'.frozen?, __ENCODING__, ''.encoding"
-    ),
-    "begin-block": Case('puts "main"\nBEGIN { puts "begin" }\nEND { puts "end" }'),
-    "require-relative": Case(
-        "require_relative 'lib'\np LIB, $LOADED_FEATURES.grep(/lib/).size",
-        files={"lib.rb": "LIB = 42\n"},
-    ),
-    "threads": Case("p 8.times.map { |i| Thread.new { i * 2 } }.map(&:value).sum"),
-    "subprocess": Case("system('ruby', '-e', 'p ARGV', 'x')\np $?.exitstatus"),
-    "fork": Case("pid = fork { exit 7 }\nProcess.wait(pid)\np $?.exitstatus"),
-    "open-files": Case("p Dir.children('/proc/self/fd').map(&:to_i).sort"),
-    "signal-death": Case("Process.kill('TERM', Process.pid)\nsleep 1"),
-    "stack-depth": Case(
-        "def f(n) = f(n + 1)\nbegin\n  f(0)\nrescue SystemStackError => e\n  p e.class\nend"
-    ),
-}
-CORPORA = {"javascript": JS_CORPUS, "ruby": RUBY_CORPUS}
-MARKERS = {"javascript": PRESTARTED, "ruby": RUBY_PRESTARTED}
+CORPORA = {"javascript": JS_CORPUS}
+MARKERS = {"javascript": PRESTARTED}
 
 
 def wait_warm(svc: ExecutionService) -> None:
@@ -241,12 +191,6 @@ def test_the_runtime_is_started_in_advance_only_where_prestart_is_on(services, l
     marker = MARKERS[language]
     assert run(services(language, True), marker).stdout == "prestarted true\n"
     assert run(services(language, False), marker).stdout == "prestarted false\n"
-
-
-def test_a_ruby_program_is_a_regular_file_and_its_fifo_is_gone(services):
-    code = RUBY_PRESTARTED + "p File.ftype(__FILE__), Dir.children('.').sort\n"
-    r = run(services("ruby", True), code, files=(File("extra.txt", "x"),))
-    assert r.stdout == 'prestarted true\n"file"\n["extra.txt", "main.rb"]\n', r.stderr
 
 
 def test_the_first_test_case_runs_prestarted_and_the_others_afresh(warm):
