@@ -82,13 +82,12 @@ program started outlives the reply.
 Python programs run "inline": the runner's interpreter is already started, so the program is run
 in a forked child with a fresh __main__ instead of paying for a new interpreter.
 Other runtimes whose own start dominates (Node.js) are started in advance in a warm container:
-forked, dropped to the program's uid and exec'd as the run would be, with a hook of ours that
-blocks on its highest descriptor before the main module is loaded
-(images/language/prestart.js). At the request
-the runner writes the files, then the stdin into the runtime's fd 0 (an empty regular file
-until then, sharing its offset with the runner's, so it is read from the start) and the
-arguments into that descriptor; the hook sets them and returns, and the runtime loads the
-program as a fresh `node main.js ARGS` would. What differs: its clocks since start
+forked, dropped to the program's uid and exec'd as the run would be, with a hook of ours
+(images/language/prestart.js) that blocks on its highest descriptor before the main module is
+loaded. At the request the runner writes the files, then the stdin into the runtime's fd 0 (an
+empty regular file until then, sharing its offset with the runner's, so it is read from the
+start) and the arguments into that descriptor; the hook sets them and returns, and the runtime
+loads the program as a fresh `node main.js ARGS` would. What differs: its clocks since start
 (process.uptime(), performance.now()) count from the runtime's start, and its process id is
 a lower one.
 The attached stdin stays open while the program runs: when it closes, the worker is gone, and
