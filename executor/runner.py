@@ -725,7 +725,7 @@ class _Prestarted:
             self.stdin_fd = _stdin_fd(b"")
             control_r, self.control_w = os.pipe()
             pipes = (os.pipe(), os.pipe())
-        env = dict(item.partition("=")[::2] for item in self.env)
+        env = _environment(self.env)
         self.pid, self.out_r, self.err_r = _spawn(
             launch, self.stdin_fd, None, uid, pipes, self.nproc, env, control_r
         )
@@ -771,6 +771,16 @@ class _Prestarted:
         """Not used: close its files; the next _clear() kills it."""
         for fd in (self.stdin_fd, self.control_w, self.out_r, self.err_r):
             os.close(fd)
+
+
+def _environment(items):
+    """The variables of b"NAME=value" items (decoded) that name one, for every step."""
+    env = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if sep and name:
+            env[name] = value
+    return env
 
 
 def _nul_items(items):
@@ -992,11 +1002,7 @@ def main():
     def argv(name):
         return [item.decode("utf-8") for item in request.get(name, ())]
 
-    env = {}
-    for item in argv("env"):
-        name, sep, value = item.partition("=")
-        if sep and name:
-            env[name] = value
+    env = _environment(argv("env"))
     source = _safe_path(request["source"][0].decode("utf-8"))
     build = request.get("compile")
     cases = _cases(request)
