@@ -31,7 +31,7 @@ from executor.broker import TRANSPORT
 from executor.budget import MAX_TESTS, RUN_OVERHEAD_S, extra_seconds
 from executor.config import Settings
 from executor.languages import MAX_COMPILE_TIMEOUT_S
-from executor.names import QUEUE, TASK_NAME
+from executor.names import QUEUE, TASK_NAME, queue_for
 
 
 @dataclass(frozen=True)
@@ -107,3 +107,25 @@ def create_celery(settings: Settings) -> Celery:
     app = Celery("executor", set_as_current=False)
     app.conf.update(celery_config(settings))
     return app
+
+
+def send_execution(
+    app: Celery, execution_id: str, language: str, code_chars: int, by_language: bool
+) -> None:
+    """Publish the message of a recorded execution: its id only (the task's id).
+
+    The request is stored with the record, so the broker, `celery inspect` and Flower never
+    hold the code or stdin. Raises kombu's OperationalError (or OSError) when Redis is down.
+    """
+    queue = queue_for(language, by_language)
+    app.send_task(
+        TASK_NAME,
+        args=[],
+        task_id=execution_id,
+        queue=queue,
+        routing_key=queue,
+        ignore_result=True,  # the record holds the result
+        # What task events, `celery inspect` and Flower show instead of the code and stdin.
+        argsrepr=f"[<stored {language} program, {code_chars} characters>]",
+        kwargsrepr="{}",
+    )

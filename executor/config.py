@@ -244,6 +244,9 @@ class Settings:
     # Added to the timeout for POST /execute.
     queue_grace_s: float = _setting("EXECUTOR_QUEUE_GRACE", 10.0, _float(0.0))
     max_queue: int = _setting("EXECUTOR_MAX_QUEUE", 1000, _int(1))  # queued before 429
+    # A queued execution whose message is in no queue this long is queued again
+    # (executor.rescue); longer than a submission takes to publish or a delivery to claim.
+    rescue_after_s: float = _setting("EXECUTOR_RESCUE_AFTER", 30.0, _float(1.0))
     # Live output (GET /executions/{id}/events): entries kept per execution's event stream,
     # and seconds between the keep-alive comments of an idle stream.
     events_max_len: int = _setting("EXECUTOR_EVENTS_MAX_LEN", 10000, _int(16))

@@ -8,13 +8,24 @@ no sweep finishes it as lost). So the worker:
 - keeps a finish that Redis could not take in its outbox, and sends it again with every
   heartbeat until Redis takes it or refuses it (a record finished meanwhile as lost, or gone
   with a Redis that lost its memory). A stopping worker sends its outbox a last time.
+
+Redis may also come back having lost its last writes although it took them: restored from a
+snapshot, or a replica promoted before it had them. So the outbox remembers the finishes it
+stored in the last REPLAY_S (up to REPLAY_COUNT and REPLAY_BYTES of them), and when the Redis
+it talks to is another server (its run id changed) it sends them all again. A finish that
+Redis still has is refused as a repeat and changes nothing; one that Redis lost is stored
+again, also over a claim Redis lost (the record is `queued` again: see Store.finish). Without
+this, such an execution would stay `running` (its worker alive) or be queued again and run a
+second time (executor.rescue).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,6 +37,9 @@ log = logging.getLogger(__name__)
 
 CLAIM_PATIENCE_S = 60.0  # how long a delivered message waits for Redis to come back
 RETRY_STEP_S = 0.5
+REPLAY_S = 600.0  # finishes sent again to a Redis that came back (see the module docstring)
+REPLAY_COUNT = 1000
+REPLAY_BYTES = 32 << 20
 
 T = TypeVar("T")
 
@@ -54,10 +68,17 @@ class _Finish:
 class Outbox:
     """Finishes waiting for Redis, sent again by `flush()`. Thread-safe."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, worker: str = "") -> None:
+        """`worker`: the instance whose runs these are (a record whose claim Redis lost is
+        finished as run there)."""
         self.store = store
+        self.worker = worker
         self._lock = threading.Lock()
         self._pending: dict[str, _Finish] = {}
+        # (when, id, finish, its size) of the finishes stored lately, oldest first.
+        self._stored: deque[tuple[float, str, _Finish, int]] = deque()
+        self._stored_bytes = 0
+        self._server = ""  # the run id of the Redis that took them
 
     def finish(
         self,
@@ -69,15 +90,58 @@ class Outbox:
     ) -> bool:
         """Store.finish, or keep it for later while Redis is unreachable (then True: the
         record is ours until Redis says otherwise)."""
+        kept = _Finish(incarnation, payload, counter, output)
         try:
-            return self.store.finish(
-                execution_id, incarnation, payload, counter=counter, output=output
-            )
+            taken = self._send(execution_id, kept)
         except RedisUnavailable as e:
             log.warning("execution %s: result kept until Redis is back: %s", execution_id, e)
             with self._lock:
-                self._pending[execution_id] = _Finish(incarnation, payload, counter, output)
+                self._pending[execution_id] = kept
             return True
+        if taken:
+            self._remember(execution_id, kept)
+        return taken
+
+    def _send(self, execution_id: str, kept: _Finish) -> bool:
+        return self.store.finish(
+            execution_id,
+            kept.incarnation,
+            kept.payload,
+            counter=kept.counter,
+            output=kept.output,
+            worker=self.worker,
+        )
+
+    def _remember(self, execution_id: str, kept: _Finish) -> None:
+        size = len(json.dumps(kept.payload)) + sum(len(a) + len(b) for a, b in kept.output)
+        now = time.monotonic()
+        with self._lock:
+            self._stored.append((now, execution_id, kept, size))
+            self._stored_bytes += size
+            while self._stored and (
+                len(self._stored) > REPLAY_COUNT
+                or self._stored_bytes > REPLAY_BYTES
+                or self._stored[0][0] < now - REPLAY_S
+            ):
+                self._stored_bytes -= self._stored.popleft()[3]
+
+    def replay(self) -> int:
+        """If Redis is another server than the one that took the recent finishes (a restart,
+        a failover), send them again; how many it had lost. Raises RedisUnavailable."""
+        server = self.store.server_id()
+        with self._lock:
+            known, self._server = self._server, server
+            recent = [(i, kept) for _, i, kept, _ in self._stored] if known != server else []
+        if not known or not recent:
+            return 0
+        restored = [i for i, kept in recent if self._send(i, kept)]
+        if restored:
+            log.warning(
+                "Redis came back without %d results it had taken (%s); stored again",
+                len(restored),
+                ", ".join(restored),
+            )
+        return len(restored)
 
     def __len__(self) -> int:
         with self._lock:
@@ -86,19 +150,15 @@ class Outbox:
     def flush(self) -> int:
         """Send every kept finish; return how many are still waiting. Raises RedisUnavailable
         when Redis is still down (what was not sent stays)."""
+        self.replay()
         with self._lock:
             pending = list(self._pending.items())
         for execution_id, kept in pending:
-            taken = self.store.finish(
-                execution_id,
-                kept.incarnation,
-                kept.payload,
-                counter=kept.counter,
-                output=kept.output,
-            )
+            taken = self._send(execution_id, kept)
             with self._lock:
                 self._pending.pop(execution_id, None)
             if taken:
+                self._remember(execution_id, kept)
                 log.info("execution %s: result stored after Redis came back", execution_id)
             else:
                 log.warning(

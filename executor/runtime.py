@@ -27,10 +27,12 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
+from celery import Celery
+
 from executor import logs, metrics
 from executor.budget import MAX_TESTS, RUN_OVERHEAD_S, extra_seconds
 from executor.cancellation import Cancellations, CancelToken
-from executor.celery_app import TimeLimits
+from executor.celery_app import TimeLimits, create_celery, send_execution
 from executor.config import Settings
 from executor.errors import ExecutorError, InvalidRequest, SandboxError, error_for
 from executor.heartbeat import Backstop, Events, Heartbeat, PoolStats
@@ -41,6 +43,7 @@ from executor.output import OutputPublisher
 from executor.policy import ID_RULE, valid_execution_id
 from executor.protocol import OutputSink
 from executor.request_schema import parse_request, request_schema
+from executor.rescue import Rescuer
 from executor.store import Claim, Store
 from executor.streams import EventStreams
 
@@ -82,8 +85,10 @@ class WorkerRuntime:
         service_factory: Callable[[Settings, EventSink], Service] = default_service,
         store: Store | None = None,
         revoked: Callable[[], Iterable[str]] = lambda: (),
+        celery: Celery | None = None,
     ) -> None:
-        """`revoked`: the ids Celery revoked (the worker's revoked set)."""
+        """`revoked`: the ids Celery revoked (the worker's revoked set). `celery`: the app
+        that sends a lost message again (executor.rescue); by default one of its own."""
         self.settings = settings
         self.requests = request_schema(settings)()
         self.incarnation = f"{settings.instance}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -106,14 +111,22 @@ class WorkerRuntime:
         self._revoked = revoked
         self._revoked_seen: set[str] = set()
         self._stop_listening: Callable[[], None] | None = None
-        self.outbox = Outbox(self.store)
+        self.outbox = Outbox(self.store, settings.instance)
+        self.rescuer = Rescuer(
+            self.store,
+            self._publish,
+            self.incarnation,
+            settings.instance,
+            settings.rescue_after_s,
+        )
+        self._celery = celery
         self.heartbeat = Heartbeat(
             self.store,
             self.incarnation,
             self.info,
             self.events,
             self.backstop,
-            each_beat=(self.outbox.flush, self.watch_cancels, self.store.adopt),
+            each_beat=(self.outbox.flush, self.watch_cancels, self.store.adopt, self.rescuer),
         )
         self._pool_stats = PoolStats()
 
@@ -136,6 +149,7 @@ class WorkerRuntime:
         self._stop_listening = self.store.listen_cancels(self.cancellations.cancel)
         try:
             self.heartbeat.beat()
+            self.outbox.replay()  # learns which Redis server takes this worker's results
             lost = self.store.sweep_lost()
             if lost:
                 log.warning("marked %d executions of dead workers as lost: %s", len(lost), lost)
@@ -143,6 +157,16 @@ class WorkerRuntime:
             log.warning("worker %s started without Redis: %s", self.incarnation, e)
         self.heartbeat.start()
         log.info("worker %s started (incarnation %s)", self.name, self.incarnation)
+
+    def _publish(self, execution_id: str, language: str, code_chars: int) -> None:
+        """Send the message of a recorded execution again. Its first went to its language's
+        queue if the API routes by language, which a worker for some languages implies."""
+        with self._lock:
+            if self._celery is None:
+                self._celery = create_celery(self.settings)
+            app = self._celery
+        by_language = self.settings.route_by_language or bool(self.settings.worker_languages)
+        send_execution(app, execution_id, language, code_chars, by_language)
 
     def served_languages(self) -> tuple[str, ...] | None:
         """The languages this worker serves once started (those whose images it has)."""

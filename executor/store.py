@@ -182,8 +182,14 @@ _FINISH = (
     INDEX_LUA
     + MINUTE_LUA
     + """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running'
-   or redis.call('HGET', KEYS[1], 'incarnation') ~= ARGV[2] then
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' then
+  -- Our claim is gone: a Redis that came back from a snapshot, or a replica promoted before
+  -- it had the claim. Nobody else took the execution since (that would be a claim), so the
+  -- run that did happen finishes it.
+  redis.call('HDEL', KEYS[1], 'request')
+  redis.call('HSET', KEYS[1], 'incarnation', ARGV[2], 'worker', ARGV[20])
+elseif status ~= 'running' or redis.call('HGET', KEYS[1], 'incarnation') ~= ARGV[2] then
   return 0
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4])
@@ -245,12 +251,26 @@ return {status, redis.call('HGET', KEYS[1], 'result') or ''}
 """
 )
 
-# Producers' messages wait in kombu's lists (LPUSHed, so the newest first) as JSON whose
-# `headers` carry the task name and id. This finds the id without decoding the body (base64,
-# up to megabytes): after "headers", the key "id" follows a `{` or `,` outside any string
-# (a quote inside a JSON string is escaped). Only ids of the allowed charset are taken.
+# A message waits in kombu's lists (LPUSHed, so the newest first), or in its unacked hash
+# inside [message, exchange, routing key], as JSON whose `headers` carry the task name and id.
+# This finds the id of one of `task`'s messages (its name with Lua's pattern escapes) without
+# decoding the body (base64, up to megabytes): after "headers", the key "id" follows a `{` or
+# `,` outside any string (a quote inside a JSON string is escaped). Only ids of the allowed
+# charset are taken.
+MESSAGE_ID_LUA = """
+local function message_id(raw, task)
+  local h = string.find(raw, '"headers"', 1, true)
+  if not h or not string.find(raw, '"task"%s*:%s*"' .. task .. '"', h) then return nil end
+  local id = string.match(raw, '[{,]%s*"id"%s*:%s*"([%w%._:%-]+)"', h)
+  if id and #id <= 128 then return id end
+  return nil
+end
+"""
+
+# Producers' messages with no record yet get one (see Store.adopt).
 _ADOPT = (
     INDEX_LUA
+    + MESSAGE_ID_LUA
     + """
 if not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[8]) then return false end
 local budget, bytes = tonumber(ARGV[7]), tonumber(ARGV[10])
@@ -261,10 +281,8 @@ for k = 4, #KEYS do
   while i < n and budget > 0 and bytes > 0 do
     for _, raw in ipairs(redis.call('LRANGE', KEYS[k], i, i + 15)) do
       budget, bytes = budget - 1, bytes - #raw
-      local h = string.find(raw, '"headers"', 1, true)
-      local id = h and string.match(raw, '[{,]%s*"id"%s*:%s*"([%w%._:%-]+)"', h)
-      local ours = h and string.find(raw, '"task"%s*:%s*"' .. ARGV[9] .. '"', h)
-      if id and ours and #id <= 128 and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+      local id = message_id(raw, ARGV[9])
+      if id and redis.call('EXISTS', ARGV[1] .. id) == 0 then
         redis.call('HSET', ARGV[1] .. id, 'id', id, 'status', 'queued', 'language', '',
                    'created', ARGV[2], 'created_at', ARGV[3])
         redis.call('EXPIRE', ARGV[1] .. id, ARGV[4])
@@ -576,6 +594,18 @@ class Store:
             record = self._read(execution_id)
         return record
 
+    def server_id(self) -> str:
+        """The run id of the Redis server answering (another after a restart or failover)."""
+        with self._translated("identify the server"):
+            return str(self.redis.info("server")["run_id"])
+
+    def stored_request(self, execution_id: str) -> str | None:
+        """The request stored with `execution_id` while it is queued (an API submission's;
+        the claim takes it), else None."""
+        with self._translated("read a stored request"):
+            status, request = self.redis.hmget(_record(execution_id), "status", "request")
+        return str(request) if status == "queued" and request is not None else None
+
     def _read(self, execution_id: str) -> Record | None:
         with self._translated("read an execution"):
             fields = self.redis.hgetall(_record(execution_id))
@@ -646,13 +676,16 @@ class Store:
         *,
         counter: str | None = None,
         output: Sequence[tuple[str, str]] = (),
+        worker: str = "",
     ) -> bool:
         """Store the final `payload` and wake its waiter; False if the record was taken away.
 
         Only the incarnation that claimed the execution may finish it, once: a record already
-        finished as lost (or by the time-limit watchdog) is left as it is. `output`: the live
-        output events (name, JSON data) not published yet, added to the execution's stream
-        ahead of its result entry, in the same step.
+        finished as lost (or by the time-limit watchdog) is left as it is. A record that is
+        `queued` again (Redis lost the claim: restored from a snapshot, or a failover) is
+        finished too, as run by `worker`: the run did happen and nobody else has claimed it.
+        `output`: the live output events (name, JSON data) not published yet, added to the
+        execution's stream ahead of its result entry, in the same step.
         """
         status = str(payload["status"])
         duration = payload.get("duration_ms")
@@ -679,7 +712,7 @@ class Store:
             self.events_max_len,
         ]
         args += [summary(payload, str(args[3])), *_minute_args(status, _latency_ms(payload))]
-        args += [json.dumps(output) if output else "", INLINE_PAYLOAD_MAX]
+        args += [json.dumps(output) if output else "", INLINE_PAYLOAD_MAX, worker]
         args += index_args(self.ttl_s)
         with self._translated("store a result"):
             return bool(self._finish(keys, args))

@@ -90,7 +90,8 @@ def create_worker(settings: Settings) -> Celery:
         Queue(name, routing_key=name)  # type: ignore[no-untyped-call]
         for name in worker_queues(settings)
     ]
-    runtime = WorkerRuntime(settings, revoked=revoked_ids)
+
+    runtime = WorkerRuntime(settings, revoked=revoked_ids, celery=app)
     register(app, runtime)
     consumer: list[Any] = []  # the Celery consumer, once the worker is ready
 

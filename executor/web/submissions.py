@@ -17,9 +17,9 @@ from typing import Any
 from kombu.exceptions import OperationalError
 
 from executor import logs
+from executor.celery_app import send_execution
 from executor.errors import InvalidRequest, RedisUnavailable
 from executor.models import RunRequest
-from executor.names import TASK_NAME, queue_for
 from executor.web.context import Context
 
 log = logging.getLogger(__name__)
@@ -95,18 +95,13 @@ def _queue(ctx: Context, request: RunRequest, execution_id: str, owner: str) -> 
     ctx.store.submit(
         execution_id, request.language, ctx.settings.max_queue, owner=owner, request=stored
     )
-    queue = queue_for(request.language, ctx.settings.route_by_language)
     try:
-        ctx.celery.send_task(
-            TASK_NAME,
-            args=[],
-            task_id=execution_id,
-            queue=queue,
-            routing_key=queue,
-            ignore_result=True,  # the record holds the result
-            # What task events, `celery inspect` and Flower show instead of the code and stdin.
-            argsrepr=f"[<stored {request.language} program, {len(request.code)} characters>]",
-            kwargsrepr="{}",
+        send_execution(
+            ctx.celery,
+            execution_id,
+            request.language,
+            len(request.code),
+            ctx.settings.route_by_language,
         )
     except (OperationalError, OSError) as e:  # the broker (Redis) is down
         ctx.store.discard(execution_id)

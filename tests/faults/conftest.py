@@ -76,17 +76,29 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
 
+    def snapshot(self) -> None:
+        """Save what Redis holds now: what `restore()` brings it back with."""
+        client = redis.Redis.from_url(self.url, socket_timeout=30)
+        try:
+            client.save()
+        finally:
+            client.close()
+
+    def restore(self, down_s: float) -> None:
+        """Crash Redis and start it again from the last `snapshot()`: without every write
+        since, as a Redis restored from an older snapshot or a replica that lagged."""
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+        (self.logdir / "dump.rdb").unlink(missing_ok=True)
+
     def restart(self, down_s: float, keep_data: bool) -> None:
         """Crash Redis, keep it down for `down_s`, start it again: with its data (saved at the
         moment of the crash, loaded before it serves anyone) or empty."""
         dump = self.logdir / "dump.rdb"
         dump.unlink(missing_ok=True)
         if keep_data:
-            client = redis.Redis.from_url(self.url, socket_timeout=30)
-            try:
-                client.save()
-            finally:
-                client.close()
+            self.snapshot()
         self.stop()
         time.sleep(down_s)
         self.start()
@@ -96,12 +108,19 @@ class RedisServer:
 class RedisRelay:
     """A TCP relay in front of a Redis that calls `on_match()` (and drops the connection)
     the first time a client sends a command matching `pattern`: a network fault at exactly
-    that command."""
+    that command. With `forward`, the command goes on after `on_match()` returns instead."""
 
-    def __init__(self, target_port: int, pattern: bytes, on_match: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        target_port: int,
+        pattern: bytes,
+        on_match: Callable[[], None],
+        forward: bool = False,
+    ) -> None:
         self.target_port = target_port
         self.pattern = re.compile(pattern)
         self.on_match = on_match
+        self.forward = forward
         self.fired = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
@@ -134,7 +153,8 @@ class RedisRelay:
                 if upstream and not self.fired.is_set() and self.pattern.search(data):
                     self.fired.set()
                     self.on_match()
-                    break
+                    if not self.forward:
+                        break
                 sink.sendall(data)
         except OSError:
             pass

@@ -64,3 +64,40 @@ def test_a_claim_waits_for_redis_to_come_back(tmp_path: Path):
     finally:
         store.close()
         server.stop()
+
+
+def test_results_redis_lost_after_taking_them_are_stored_again(tmp_path: Path):
+    """A Redis that comes back from a snapshot older than its last writes (or a replica
+    promoted before it had them) has lost claims and finishes: the worker's outbox stores its
+    recent results again, also over a claim that is gone (the record is `queued` again)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    store = Store(server.url, ttl_s=60, history_size=10)
+    outbox = Outbox(store, worker="w")
+    try:
+        store.beat("inc-1", {"name": "celery@w", "instance": "w"}, {})
+        store.submit("before", "python", max_queue=10, request="{}")
+        assert store.claim("before", "python", "inc-1", "w").claimed  # kept by the snapshot
+        store.submit("after", "python", max_queue=10, request="{}")
+        assert outbox.replay() == 0  # learns the server
+        store.redis.save()  # what Redis comes back with
+        assert store.claim("after", "python", "inc-1", "w").claimed  # lost with the restart
+        for execution_id in ("before", "after"):
+            assert outbox.finish(execution_id, "inc-1", {"id": execution_id, "status": "success"})
+        assert outbox.replay() == 0  # the same server: nothing to send again
+        server.stop()
+        server.start()
+        assert [store.get(i).status for i in ("before", "after")] == ["running", "queued"]  # type: ignore[union-attr]
+        assert outbox.flush() == 0
+        for execution_id in ("before", "after"):
+            record = store.get(execution_id)
+            assert record is not None and record.status == "success", execution_id
+            assert record.worker == "w" and record.payload == {
+                "id": execution_id,
+                "status": "success",
+            }
+        assert store.stored_request("after") is None  # the claim's work, done by the finish
+        assert outbox.replay() == 0  # sent once
+    finally:
+        store.close()
+        server.stop()

@@ -128,3 +128,60 @@ def test_redis_drops_while_an_execution_is_claimed(fault_stack: StackFactory):
         assert after.status_code == 200 and after.json()["stdout"] == "after\n", after.text
     finally:
         relay.close()
+
+
+@pytest.mark.parametrize("finish", ["before", "after"])
+def test_redis_comes_back_without_the_claim(fault_stack: StackFactory, finish: str):
+    """Redis comes back from a snapshot taken just before the worker claimed an execution (a
+    restart from an older snapshot, a replica that lagged): the claim is gone, and with it the
+    result stored `before` the restart; or the result comes `after` it. Either way the
+    execution ends with its result, and its program ran once."""
+    stack = fault_stack(start=False)
+    stack.redis.start()
+    relay = RedisRelay(stack.redis.port, CLAIM, stack.redis.snapshot, forward=True)
+    code = "import time; time.sleep(3); print('once')" if finish == "after" else "print('once')"
+    try:
+        stack.start_proxy()
+        stack.start_worker(redis_url=relay.url, EXECUTOR_POOL_SIZE="0")
+        stack.start_api()
+        submitted = stack.post("/executions", {"code": code})
+        assert submitted.status_code == 202, submitted.text
+        execution_id = submitted.json()["id"]
+        if finish == "before":
+            assert stack.final(execution_id, timeout=60)["stdout"] == "once\n"
+        else:
+            wait_until(
+                "the execution running",
+                lambda: stack.get(f"/executions/{execution_id}").json()["status"] == "running",
+                60,
+            )
+        assert relay.fired.is_set()
+        stack.redis.restore(down_s=2)
+        record = stack.final(execution_id, timeout=60)
+        assert record["status"] == "success" and record["stdout"] == "once\n", record
+        assert stack.worker is not None
+        runs = stack.worker.output().count(f"execution {execution_id} finished:")
+        assert runs == 1, stack.logs()
+    finally:
+        relay.close()
+
+
+def test_a_message_the_broker_lost_is_queued_again(fault_stack: StackFactory):
+    """The broker loses a message after the API recorded its execution (a failover that lost
+    the write, an API process that died before it published): a worker queues it again."""
+    # The worker serves Python only (its language's queue); the API, routing nothing,
+    # publishes to the shared queue: that message waits for no one, until it is lost.
+    stack = fault_stack(EXECUTOR_LANGUAGES="python", EXECUTOR_RESCUE_AFTER="2")
+    submitted = stack.post("/executions", {"code": "print('rescued')"})
+    assert submitted.status_code == 202, submitted.text
+    execution_id = submitted.json()["id"]
+    client = stack.redis.client()
+    try:
+        assert client.llen("executor") == 1
+        client.delete("executor")  # the broker lost it
+    finally:
+        client.close()
+    record = stack.final(execution_id, timeout=60)
+    assert record["status"] == "success" and record["stdout"] == "rescued\n", record
+    assert stack.worker is not None
+    assert "the broker lost its message" in stack.worker.output()

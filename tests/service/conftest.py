@@ -45,7 +45,7 @@ from tests.conftest import (
 # Redis databases of the tests (each test module that starts processes flushes its own; two
 # modules on one database break each other's workers and records):
 #   15 the main stack (MAIN_DB)      14 test_queueing         13 test_dependencies_down
-#   12, 11 test_worker_faults         10 test_store            2, 1 test_monitor
+#   12, 11 test_worker_faults         10 test_store, test_rescue  2, 1 test_monitor
 #    9 test_runtime                   8 the one-slot stack (ONE_SLOT_DB)
 #    7 test_live_output               6 test_flower            5 test_history
 #    4 test_api_keys                  3 test_logs
