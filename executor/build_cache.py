@@ -26,6 +26,12 @@ comes again (an agent's, each one new) costs no transfer of products; one that d
 twice, then never again.
 What a program could tell apart from a fresh build: its build's own caches (Go's GOCACHE under
 the working directory) are absent, and the products' timestamps are those of the copy.
+
+Staged in advance (EXECUTOR_STAGE_BUILDS): the cache remembers, per pool profile (language,
+memory, CPUs), the build its last run used (`note`, `latest`). A warm container of that
+profile takes those products as it starts, before any request (executor.sandbox), so a
+program run again and again ships nothing on its way: the request only says they are there.
+A request for any other build has them removed before anything of it is written.
 """
 
 from __future__ import annotations
@@ -91,6 +97,7 @@ class BuildCache:
         self._entries: OrderedDict[str, Build] = OrderedDict()
         self._seen: OrderedDict[str, int] = OrderedDict()  # key: its lookups (up to `admit`)
         self._bytes = 0
+        self._latest: dict[str, str] = {}  # pool profile: the key its last run used
         self._lock = threading.Lock()
 
     @property
@@ -133,6 +140,18 @@ class BuildCache:
             while self._bytes > self.max_bytes:
                 _, evicted = self._entries.popitem(last=False)
                 self._bytes -= evicted.size
+
+    def note(self, profile: str, key: str) -> None:
+        """The run of a container of `profile` used the build of `key`."""
+        with self._lock:
+            self._latest[profile] = key
+
+    def latest(self, profile: str) -> tuple[str, Build] | None:
+        """The key and build the last run of `profile` used, while the cache still has it."""
+        with self._lock:
+            key = self._latest.get(profile)
+            build = self._entries.get(key) if key is not None else None
+            return (key, build) if key is not None and build is not None else None
 
     def stats(self) -> dict[str, int]:
         with self._lock:

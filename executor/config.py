@@ -234,6 +234,8 @@ class Settings:
     # (Node.js): its start is then off the execution's path, for the runtime's idle memory
     # (about 13 MiB per warm container of it). Off: every warm container holds the runner only.
     prestart: bool = _setting("EXECUTOR_PRESTART", True, _flag)
+    # Warm containers of a compiled language take its last cached build in advance.
+    stage_builds: bool = _setting("EXECUTOR_STAGE_BUILDS", True, _flag)
     # Containers being created and started at once, pool and cold runs together.
     max_starts: int = _setting("EXECUTOR_MAX_STARTS", 4, _int(1))
     reap_interval_s: float = _setting("EXECUTOR_REAP_INTERVAL", 30.0, _float(1.0))

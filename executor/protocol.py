@@ -15,6 +15,7 @@ the program's `error`. Nothing here raises on bad input.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import struct
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ _SIGNAL = re.compile(r"SIG[A-Z0-9]{1,12}")
 # The ready frame's payload: the runner's features, space-separated (none from older runners).
 _FEATURES = re.compile(rb"(?:[a-z]{1,16}(?: [a-z]{1,16}){0,7})?")
 PRESTART = b"prestart"  # the runner starts a runtime in advance (encode_prestart)
+STAGE = b"stage"  # the runner takes a build's products in advance (encode_stage)
 _INT_MAX = 1 << 53
 OUTPUT_KINDS = (b"O", b"E", b"o", b"e")  # program stdout, stderr; build stdout, stderr
 PRODUCT_FILES_MAX = 1024  # files one build may give back to the build cache
@@ -61,6 +63,7 @@ def encode_request(
     *,
     products_max: int = 0,
     prebuilt: tuple[Product, ...] | None = None,
+    staged: bool = False,
 ) -> bytes:
     """The runner's request: b"<length>\\n" then fields b"<name> <length>\\n<raw value>".
 
@@ -69,7 +72,8 @@ def encode_request(
     (max_files, max_files_bytes) of the files back, `tests_output` what the test cases'
     output may come to together. `products_max` > 0 asks for the build's products back (up
     to that many bytes, executor.build_cache); `prebuilt` are an identical build's products,
-    written in place of the build, which then does not run.
+    written in place of the build, which then does not run; `staged`: those products are the
+    ones the container took in advance (encode_stage), so only that is said.
     """
     program = steps(language, request.code, request.limits.memory_mb)
     if prebuilt is not None:
@@ -94,9 +98,10 @@ def encode_request(
         fields += [("product", pattern) for pattern in language.products]
         fields += [("max_products", str(PRODUCT_FILES_MAX))]
         fields += [("max_products_bytes", str(products_max))]
-    for product in prebuilt or ():
-        mode = "755" if product.executable else "644"
-        fields += [("built", f"{mode} {product.path}"), ("built_content", product.data)]
+    if staged and prebuilt is not None:
+        fields += [("staged", "1")]
+    else:
+        fields += _product_fields(prebuilt or ())
     for case in request.tests:
         args = request.args if case.args is None else case.args
         fields += [("case", case.stdin), ("case_args", "".join(f"{a}\0" for a in args))]
@@ -106,6 +111,43 @@ def encode_request(
         fields += [("output", pattern) for pattern in request.outputs]
         fields += [("max_files", str(files_caps[0])), ("max_files_bytes", str(files_caps[1]))]
     return _frame_fields(fields)
+
+
+def _product_fields(products: Sequence[Product]) -> list[tuple[str, str | bytes]]:
+    fields: list[tuple[str, str | bytes]] = []
+    for product in products:
+        mode = "755" if product.executable else "644"
+        fields += [("built", f"{mode} {product.path}"), ("built_content", product.data)]
+    return fields
+
+
+def encode_stage(products: Sequence[Product]) -> bytes:
+    """The message that has a warm container's runner write a cached build's products before
+    its request comes (see executor.runner): a request for that very build then says it is
+    `staged` instead of carrying them; any other has them removed first."""
+    return _frame_fields([("stage", "1"), *_product_fields(products)])
+
+
+def staging_collides(paths: Sequence[str], products: Sequence[Product]) -> bool:
+    """Whether a request that writes `paths` (its source and extra files) would write over,
+    or in the place of a directory of, one of `products`, written before them when staged
+    (after them otherwise): then the request carries its products, and the staged are
+    removed."""
+    files = {posixpath.normpath(p.path) for p in products}
+    directories = {d for f in files for d in _parents(f)}
+    for path in paths:
+        norm = posixpath.normpath(path)
+        if norm in files or norm in directories or any(d in files for d in _parents(norm)):
+            return True
+    return False
+
+
+def _parents(path: str) -> list[str]:
+    """The directories above a relative path, nearest first ("a/b/c" -> "a/b", "a")."""
+    parents = []
+    while (path := posixpath.dirname(path)) not in ("", "."):
+        parents.append(path)
+    return parents
 
 
 def _frame_fields(fields: Sequence[tuple[str, str | bytes]]) -> bytes:

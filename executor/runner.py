@@ -24,6 +24,13 @@ repeatable argv that starts the runtime in advance, see _Prestarted), and the ru
 nproc it stands for. The request's first run uses that runtime when it asks for no build, for
 exactly that run command, environment and nproc; otherwise the runtime is killed unused
 before anything of the request is written.
+A warm container's request may instead come after a stage message: stage, and built /
+built_content pairs as above: the products of the language's latest cached build, written
+into the working directory at once (the runner's only writes before a request: no process
+of the program's uid exists yet). A request with staged (b"1") runs on them as written, in
+place of a build (it carries no build, no products, and writes no file over a staged path);
+any other request has them removed first, files and the directories made for them, before
+anything of the request is written.
 The run's timeout counts from the end of the build: the build has its own, compile_timeout;
 each test case has the whole timeout to itself. A command whose first item starts with "./" is
 a build product in the working directory: /tmp is a noexec tmpfs, so the runner executes a copy
@@ -32,7 +39,7 @@ stay as they are.
 
 Reply (runner -> worker, on stdout): frames of 1 type byte + 4-byte big-endian length + data.
     b"r"         sent once the runner has started and waits for its request: its features,
-                 space-separated (b"prestart": it takes a pre-start message first)
+                 space-separated (b"prestart", b"stage": it takes such a message first)
     b"a"         empty; the whole request arrived (before it, nothing of the program has run)
     b"o" / b"e"  the build step's stdout / stderr (compiled languages), before any case
     b"B"         the build's end: JSON step (as b"T" below); no case runs unless it exited 0
@@ -259,6 +266,44 @@ def _write_file(path, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
+
+
+def _write_products(message):
+    """Write a build's products (built / built_content pairs); return their paths and the
+    directories made for them, deepest last."""
+    paths, made = [], []
+    for header, content in zip(
+        message.get("built", ()), message.get("built_content", ()), strict=True
+    ):
+        mode, _, path = header.decode("utf-8").partition(" ")
+        path = _safe_path(path)
+        parent = os.path.dirname(path)
+        missing = []
+        while not os.path.isdir(parent):
+            missing.append(parent)
+            parent = os.path.dirname(parent)
+        made += reversed(missing)
+        _write_file(path, content)
+        os.chmod(path, 0o755 if mode == "755" else 0o644)
+        paths.append(path)
+    return paths, made
+
+
+class _Staged:
+    """The products of a build, written before the request (see the module docstring)."""
+
+    def __init__(self, message, uid):
+        self.uid = uid
+        with _AsUser(uid):  # no process of the uid exists: nothing can race these writes
+            self.paths, self.made = _write_products(message)
+
+    def remove(self):
+        """Remove them, for a request they are not for (nothing of the program ran yet)."""
+        with _AsUser(self.uid):
+            for path in self.paths:
+                os.unlink(path)
+            for directory in reversed(self.made):
+                os.rmdir(directory)
 
 
 def _program_uid(argv):
@@ -986,11 +1031,14 @@ def main():
     # interpreter installed one for SIGINT).
     _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
     uid = _program_uid(sys.argv)
-    _send(b"r", b"prestart")
+    _send(b"r", b"prestart stage")
     request = _read_request(0)
-    warm = None
+    warm = staged = None
     if "launch" in request:  # a warm container's runtime, started before its request
         warm = _Prestarted(request, uid)
+        request = _read_request(0)
+    elif "stage" in request:  # a build's products, written before the request
+        staged = _Staged(request, uid)
         request = _read_request(0)
     received = time.monotonic()
     _hold(b"a", b"")  # out with the first case (or the build), before it starts
@@ -1011,16 +1059,13 @@ def main():
         warm = None
         if not _clear():  # it is killed before anything is written under its uid
             raise Unsettled
+    if staged is not None and request.get("staged") != [b"1"]:
+        staged.remove()
     with _AsUser(uid):  # all the program may open by path again, owned by its uid
         for path, content in zip(request.get("path", ()), request.get("content", ()), strict=True):
             _write_file(_safe_path(path.decode("utf-8")), content)
         _write_file(source, request["code"][0])
-        for header, content in zip(
-            request.get("built", ()), request.get("built_content", ()), strict=True
-        ):
-            mode, _, path = header.decode("utf-8").partition(" ")
-            _write_file(_safe_path(path), content)
-            os.chmod(_safe_path(path), 0o755 if mode == "755" else 0o644)
+        _write_products(request)
     limit = int(number("max_output"))
     nproc = int(number("nproc", 0))
     result = {"files_truncated": False}

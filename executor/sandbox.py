@@ -28,6 +28,7 @@ from executor.cancellation import CancelToken
 from executor.config import Settings
 from executor.engine import Engine
 from executor.errors import ContainerLost, SandboxError, UidInUse
+from executor.languages import steps
 from executor.models import (
     CaseResult,
     Language,
@@ -43,11 +44,14 @@ from executor.models import (
 from executor.policy import profile_name, sandbox_config
 from executor.protocol import (
     PRESTART,
+    STAGE,
     CaseReply,
     OutputSink,
     Reply,
     encode_prestart,
     encode_request,
+    encode_stage,
+    staging_collides,
 )
 from executor.results import NOT_RUN, run_status, same_output, summarize
 from executor.uids import UidAllocator, UidsExhausted
@@ -78,6 +82,7 @@ class Container:
     created: float = field(default_factory=time.monotonic)
     ready: bool = False  # its runner's ready frame has been read (warm containers)
     features: frozenset[bytes] = frozenset()  # what its runner said it can do, when ready
+    staged: str = ""  # the build cache key of the products it took in advance (encode_stage)
 
     def alive(self) -> bool:
         """True while the runner still waits: nothing to read, connection open."""
@@ -169,16 +174,25 @@ class Sandbox:
     ) -> Container | None:
         """A container for the warm pool: prepared, ready, and its language's runtime started
         in advance where it has one to start (Language.prestart, EXECUTOR_PRESTART) and its
-        runner can (an image built before pre-starts cannot: it waits as it is). None, and
-        nothing left behind, when it did not become ready within `timeout`."""
+        runner can (an image built before pre-starts cannot: it waits as it is); or, for a
+        compiled language, holding the products of the build this profile ran last, when the
+        build cache has them (EXECUTOR_STAGE_BUILDS): the same program again then ships none.
+        None, and nothing left behind, when it did not become ready within `timeout`."""
         container = self.prepare(language, memory_mb, cpus)
         ready = self.wait_ready(container, timeout)
-        wanted = language.prestart and self.settings.prestart
-        if ready and wanted and PRESTART in container.features:
+        message, staged = b"", ""
+        if language.prestart and self.settings.prestart and PRESTART in container.features:
             message = encode_prestart(language, memory_mb, self.settings.pids_limit)
+        elif self.settings.stage_builds and STAGE in container.features:
+            latest = self.builds.latest(container.profile)
+            if latest is not None:
+                staged, build = latest
+                message = encode_stage(build.products)
+        if ready and message:
             try:
                 container.sock.settimeout(self.settings.docker_timeout)
                 container.sock.sendall(message)
+                container.staged = staged
             except OSError:
                 ready = False
         if not ready:
@@ -260,6 +274,11 @@ class Sandbox:
             self.events(metrics.BUILD_CACHE_HITS if cached else metrics.BUILD_CACHE_MISSES, 1)
         wanted = key is not None and cached is None and self.builds.admits(key)
         products_max = self.builds.entry_max if wanted else 0
+        staged = cached is not None and container.staged == key
+        if staged and cached is not None:  # unless the request writes where they are
+            source = steps(language, request.code, limits.memory_mb).source
+            paths = [source, *(f.path for f in request.files)]
+            staged = not staging_collides(paths, cached.products)
         payload = encode_request(
             request,
             language,
@@ -268,6 +287,7 @@ class Sandbox:
             tests_output,
             products_max=products_max,
             prebuilt=cached.products if cached is not None else None,
+            staged=staged,
         )
         runs = max(1, len(request.tests))
         reply = Reply(
@@ -336,11 +356,13 @@ class Sandbox:
         if cancelled and not reply.accepted:
             measured_ms = 0  # nothing of the program ran
         result = self._result(container, request, reply, killed, measured_ms, started_at, cancelled)
-        if cached is not None:
+        if cached is not None and key is not None:
             result.compile = StepResult(0, cached.stdout, cached.stderr, 0, cached=True)
+            self.builds.note(container.profile, key)
         elif wanted and key is not None and _built_whole(reply) and result.compile is not None:
             built = Build(reply.products, result.compile.stdout, result.compile.stderr)
             self.builds.put(key, built)
+            self.builds.note(container.profile, key)
         return result
 
     def _result(

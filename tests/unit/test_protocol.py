@@ -12,11 +12,14 @@ from executor.models import Limits, RunRequest
 from executor.protocol import (
     RESULT_MAX,
     MalformedResult,
+    Product,
     Reply,
     encode_prestart,
     encode_request,
+    encode_stage,
     parse_final,
     parse_step,
+    staging_collides,
 )
 
 STEP = {
@@ -407,3 +410,37 @@ def test_a_prestarted_runtime_is_launched_as_its_run_with_only_the_hook_added(la
     launch, run = warm["launch"], warm["run"]
     assert launch[:-3] + launch[-1:] == run  # the same command and program file
     assert launch[-3:-1] == [b"--require", b"/opt/executor/prestart.js"]
+
+
+def test_a_stage_message_carries_the_products_and_a_staged_request_only_says_so():
+    products = (Product("main", True, b"\x7fELF"), Product("lib/x.so", False, b"so"))
+    stage = fields_of(encode_stage(products))
+    assert stage["stage"] == [b"1"]
+    assert stage["built"] == [b"755 main", b"644 lib/x.so"]
+    assert stage["built_content"] == [b"\x7fELF", b"so"]
+    limits = Limits(10.0, 256, 0.5, 64, 100)
+    request = RunRequest(code="int main(void) { return 0; }", language="c", limits=limits)
+    c = next(lang for lang in REGISTRY if lang.name == "c")
+    shipped = fields_of(encode_request(request, c, 1024, prebuilt=products))
+    staged = fields_of(encode_request(request, c, 1024, prebuilt=products, staged=True))
+    assert shipped["built_content"] == [b"\x7fELF", b"so"] and "staged" not in shipped
+    assert staged["staged"] == [b"1"] and "built" not in staged and "built_content" not in staged
+    assert "compile" not in staged and "compile" not in shipped  # the build does not run
+
+
+@pytest.mark.parametrize(
+    ("paths", "collides"),
+    [
+        (["main.c"], False),
+        (["main.c", "data/in.txt"], False),
+        (["lib/y.so"], False),  # beside a product, in a directory made for it
+        (["main"], True),  # over a product
+        (["./main"], True),
+        (["lib"], True),  # a file where a product's directory is
+        (["main/x"], True),  # a directory where a product is
+        (["lib/x.so"], True),
+    ],
+)
+def test_a_request_that_writes_where_staged_products_are_is_not_staged(paths, collides):
+    products = (Product("main", True, b""), Product("lib/x.so", False, b""))
+    assert staging_collides(paths, products) is collides
