@@ -133,7 +133,10 @@ public class Main {
 """
 
 
+@pytest.mark.hostile
 def test_another_program_finds_nothing_of_a_staged_build(services: Services):
+    """Another user's build staged in the warm container is gone before this program exists:
+    nothing of it in the working directory."""
     svc = services("java", True)
     code = unique(JAVA_WITH_HELPER)
     for _ in range(3):  # built, shipped, then staged in the next warm container
