@@ -40,6 +40,14 @@ CONTAINERS_REAPED = "containers_reaped"
 POOL_MISSES = "pool_misses"  # a pooled profile's execution found no warm container
 BUILD_CACHE_HITS = "build_cache_hits"  # a build's products came from the build cache
 BUILD_CACHE_MISSES = "build_cache_misses"  # a cacheable build that was not there: it ran
+# Executions whose message the broker lost (executor.rescue), by what was done; results a
+# Redis lost after taking them, stored again (executor.outbox).
+RESCUED = {
+    "requeued": "rescued_requeued",  # delivered, never claimed: back at the head of its queue
+    "republished": "rescued_republished",  # no message anywhere: published from its request
+    "lost": "rescued_lost",  # a producer's message, gone with its program: execution_lost
+}
+RESULTS_RESTORED = "results_restored"
 DURATION_MS_TOTAL = "duration_ms_total"
 DURATION_COUNT = "duration_count"
 CONTAINER_EVENTS = {
@@ -180,6 +188,22 @@ class SnapshotCollector:
         build_cache.add_metric(["hit"], raw.get(BUILD_CACHE_HITS, 0))
         build_cache.add_metric(["miss"], raw.get(BUILD_CACHE_MISSES, 0))
         yield build_cache
+        rescued = CounterMetricFamily(
+            "executor_rescued_executions",
+            "Queued executions whose message the broker lost, by what the workers did"
+            " (requeued: delivered and never claimed, put back; republished: sent again from"
+            " the stored request; lost: a producer's message, finished as execution_lost).",
+            labels=["action"],
+        )
+        for action, counter in RESCUED.items():
+            rescued.add_metric([action], raw.get(counter, 0))
+        yield rescued
+        yield CounterMetricFamily(
+            "executor_restored_results",
+            "Results a Redis lost after taking them (a restart from an older snapshot, a"
+            " failover), stored again by their workers.",
+            value=raw.get(RESULTS_RESTORED, 0),
+        )
         yield from _histograms(raw)
         yield GaugeMetricFamily(
             "executor_queue_depth", "Executions waiting for a worker.", value=snap["queue"]

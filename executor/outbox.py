@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from executor import metrics
 from executor.errors import RedisUnavailable
 from executor.store import Store
 
@@ -40,6 +41,7 @@ RETRY_STEP_S = 0.5
 REPLAY_S = 600.0  # finishes sent again to a Redis that came back (see the module docstring)
 REPLAY_COUNT = 1000
 REPLAY_BYTES = 32 << 20
+LOGGED_IDS = 20  # ids named in the log line of a replay
 
 T = TypeVar("T")
 
@@ -68,11 +70,17 @@ class _Finish:
 class Outbox:
     """Finishes waiting for Redis, sent again by `flush()`. Thread-safe."""
 
-    def __init__(self, store: Store, worker: str = "") -> None:
+    def __init__(
+        self,
+        store: Store,
+        worker: str = "",
+        events: Callable[[str, int], None] = lambda name, n: None,
+    ) -> None:
         """`worker`: the instance whose runs these are (a record whose claim Redis lost is
-        finished as run there)."""
+        finished as run there). `events`: counts the results stored again."""
         self.store = store
         self.worker = worker
+        self.events = events
         self._lock = threading.Lock()
         self._pending: dict[str, _Finish] = {}
         # (when, id, finish, its size) of the finishes stored lately, oldest first.
@@ -136,10 +144,12 @@ class Outbox:
             return 0
         restored = [i for i, kept in recent if self._send(i, kept)]
         if restored:
+            self.events(metrics.RESULTS_RESTORED, len(restored))
             log.warning(
-                "Redis came back without %d results it had taken (%s); stored again",
+                "Redis came back without %d results it had taken (%s%s); stored again",
                 len(restored),
-                ", ".join(restored),
+                ", ".join(restored[:LOGGED_IDS]),
+                ", ..." if len(restored) > LOGGED_IDS else "",
             )
         return len(restored)
 

@@ -33,6 +33,7 @@ from typing import Any, cast
 
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
+from executor import metrics
 from executor.names import HISTORY_BY, PREFIX, QUEUE_KEYS, QUEUES, RECORD, TASK_NAME
 from executor.store import MESSAGE_ID_LUA, Store
 
@@ -136,8 +137,11 @@ class Rescuer:
         incarnation: str,
         worker: str,
         after_s: float,
+        events: Callable[[str, int], None] = lambda name, n: None,
     ) -> None:
+        """`events`: counts what was done (metrics.RESCUED)."""
         self.store = store
+        self.events = events
         self.publish = publish
         self.incarnation = incarnation
         self.worker = worker
@@ -150,11 +154,14 @@ class Rescuer:
         rescued = 0
         for orphan in self.orphans(now):
             if orphan.kind == "unacked":
-                rescued += self._restore(orphan)
+                action, done = "requeued", self._restore(orphan)
             elif orphan.stored:
-                rescued += self._publish(orphan)
+                action, done = "republished", self._publish(orphan)
             else:
-                rescued += self._lose(orphan)
+                action, done = "lost", self._lose(orphan)
+            if done:
+                self.events(metrics.RESCUED[action], 1)
+            rescued += done
         return rescued
 
     def orphans(self, now: float | None = None) -> list[Orphan]:

@@ -111,13 +111,14 @@ class WorkerRuntime:
         self._revoked = revoked
         self._revoked_seen: set[str] = set()
         self._stop_listening: Callable[[], None] | None = None
-        self.outbox = Outbox(self.store, settings.instance)
+        self.outbox = Outbox(self.store, settings.instance, self.events)
         self.rescuer = Rescuer(
             self.store,
             self._publish,
             self.incarnation,
             settings.instance,
             settings.rescue_after_s,
+            self.events,
         )
         self._celery = celery
         self.heartbeat = Heartbeat(

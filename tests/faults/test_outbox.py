@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from executor import metrics
 from executor.errors import RedisUnavailable
 from executor.outbox import Outbox, patiently
 from executor.store import Store
@@ -73,7 +75,8 @@ def test_results_redis_lost_after_taking_them_are_stored_again(tmp_path: Path):
     server = RedisServer(tmp_path)
     server.start()
     store = Store(server.url, ttl_s=60, history_size=10)
-    outbox = Outbox(store, worker="w")
+    counted: Counter[str] = Counter()
+    outbox = Outbox(store, worker="w", events=lambda name, n: counted.update({name: n}))
     try:
         store.beat("inc-1", {"name": "celery@w", "instance": "w"}, {})
         store.submit("before", "python", max_queue=10, request="{}")
@@ -97,6 +100,7 @@ def test_results_redis_lost_after_taking_them_are_stored_again(tmp_path: Path):
                 "status": "success",
             }
         assert store.stored_request("after") is None  # the claim's work, done by the finish
+        assert counted == {metrics.RESULTS_RESTORED: 2}
         assert outbox.replay() == 0  # sent once
     finally:
         store.close()

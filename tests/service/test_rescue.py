@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 from kombu.transport.redis import Channel
 
-from executor import rescue
+from executor import metrics, rescue
 from executor.celery_app import create_celery, send_execution
 from executor.config import Settings
 from executor.names import QUEUE, QUEUE_KEYS
@@ -30,6 +31,7 @@ class Broker:
     store: Store
     settings: Settings
     sent: list[str]
+    counted: Counter[str] = field(default_factory=Counter)
 
     def publish(self, execution_id: str, language: str, code_chars: int) -> None:
         self.sent.append(execution_id)
@@ -38,7 +40,8 @@ class Broker:
 
     def rescuer(self, after_s: float = 0.0) -> Rescuer:
         self.store.redis.delete(rescue.RESCUING)  # each look of a test is a new round
-        return Rescuer(self.store, self.publish, "w:1:a", "w", after_s)
+        count = self.counted.update
+        return Rescuer(self.store, self.publish, "w:1:a", "w", after_s, lambda k, n: count({k: n}))
 
     def submit(self, code: str = "print(1)") -> str:
         execution_id = str(uuid.uuid4())
@@ -87,6 +90,7 @@ def test_a_submission_whose_message_was_lost_is_published_again(broker: Broker):
     assert message["headers"]["task"] == "executor.execute" and message["headers"]["id"] == lost
     assert "print(1)" not in json.dumps(message)  # the code stays in the record
     assert broker.rescuer()() == 0  # now its message waits
+    assert broker.counted == {metrics.RESCUED["republished"]: 1}
 
 
 def test_a_young_submission_is_left_to_its_publisher(broker: Broker):
@@ -122,6 +126,7 @@ def test_a_message_delivered_long_ago_and_never_claimed_goes_back_to_the_head(br
     unacked = broker.store.redis.hvals(Channel.unacked_key)
     assert [json.loads(entry)[0]["headers"]["id"] for entry in unacked] == [fresh]
     assert broker.store.redis.zcard(Channel.unacked_index_key) == 1
+    assert broker.counted == {metrics.RESCUED["requeued"]: 1}
 
 
 def test_a_claimed_or_finished_execution_is_never_rescued(broker: Broker):
@@ -145,6 +150,7 @@ def test_a_producers_lost_message_finishes_its_execution_as_lost(broker: Broker)
     assert record is not None and record.status == "internal_error"
     assert record.payload is not None and record.payload["code"] == "execution_lost"
     assert "broker lost" in record.payload["message"]
+    assert broker.counted == {metrics.RESCUED["lost"]: 1}
 
 
 def test_a_deep_backlog_is_not_searched(broker: Broker, monkeypatch: pytest.MonkeyPatch):

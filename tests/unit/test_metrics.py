@@ -122,6 +122,22 @@ def test_build_cache_hits_and_misses_are_a_series():
     assert f'{series}{{result="miss"}} 2.0' in text.splitlines()
 
 
+def test_rescued_executions_and_restored_results_are_series():
+    counted = {
+        **COUNTERS,
+        metrics.RESCUED["requeued"]: 1,
+        metrics.RESCUED["republished"]: 2,
+        metrics.RESULTS_RESTORED: 5,
+    }
+    text = metrics.render(metrics.registry(lambda: {**SNAPSHOT, "counters": counted})).decode()
+    lines = text.splitlines()
+    series = "executor_rescued_executions_total"
+    assert f'{series}{{action="requeued"}} 1.0' in lines
+    assert f'{series}{{action="republished"}} 2.0' in lines
+    assert f'{series}{{action="lost"}} 0.0' in lines
+    assert "executor_restored_results_total 5.0" in lines
+
+
 def test_a_pooled_profile_found_empty_counts_a_pool_miss():
     counted: Counter[str] = Counter()
     sandbox: Any = SimpleNamespace(events=lambda name, n: counted.update({name: n}))
