@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -12,7 +12,7 @@ from executor.models import File, Limits, RunRequest, RunResult
 from executor.policy import LABEL_WORKER
 from executor.sandbox import default_limits
 from executor.service import ExecutionService
-from tests.conftest import language_image, wait_gone
+from tests.conftest import TEST_IMAGE_TAG, language_image, wait_gone
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +39,40 @@ def run(service: ExecutionService, raw_docker: docker.DockerClient) -> Iterator[
     yield _run
     left = wait_gone(raw_docker, **{LABEL_WORKER: service.sandbox.owner})
     assert left == [], f"containers left behind: {left}"
+
+
+OneLanguage = Callable[..., ExecutionService]
+
+
+def one_language_services(
+    settings: Settings, raw_docker: docker.DockerClient, label: str
+) -> Iterator[OneLanguage]:
+    """For a module fixture: get(language, **settings) is a started service with a warm pool
+    of one container of that language only (the branch's own image) and those settings, made
+    once; all are stopped, and their sandboxes gone, at the end."""
+    made: dict[tuple[object, ...], ExecutionService] = {}
+
+    def get(language: str, **overrides: Any) -> ExecutionService:
+        key = (language, *sorted(overrides.items()))
+        if key not in made:
+            svc = ExecutionService(
+                replace(
+                    settings,
+                    pool_size=1,
+                    worker_languages=(language,),
+                    image_tag=TEST_IMAGE_TAG,
+                    # Its own instance: a worker's reaper takes the sandboxes of its
+                    # instance's other identities in its own process for a dead incarnation's.
+                    instance=f"pytest-{label}-{language}-{len(made)}",
+                    **overrides,
+                )
+            )
+            svc.start()
+            made[key] = svc
+        return made[key]
+
+    yield get
+    for svc in made.values():
+        svc.stop()
+    for svc in made.values():
+        assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []

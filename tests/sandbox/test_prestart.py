@@ -16,10 +16,9 @@ import pytest
 
 from executor.config import Settings
 from executor.models import File, RunRequest, RunResult, TestCase
-from executor.policy import LABEL_WORKER
 from executor.sandbox import default_limits
 from executor.service import ExecutionService
-from tests.conftest import TEST_IMAGE_TAG, wait_gone
+from tests.sandbox.conftest import one_language_services
 from tests.sandbox.test_differential import Case  # a program, its stdin, args and files
 
 pytestmark = pytest.mark.docker
@@ -120,32 +119,10 @@ def wait_warm(svc: ExecutionService) -> None:
 def services(settings: Settings, raw_docker: docker.DockerClient) -> Iterator[Services]:
     """services(language, prestart): a worker's service with a warm pool of that language
     only (the branch's own image), made once per module."""
-    made: dict[tuple[str, bool], ExecutionService] = {}
-
-    def get(language: str, prestart: bool) -> ExecutionService:
-        if (language, prestart) not in made:
-            svc = ExecutionService(
-                replace(
-                    settings,
-                    pool_size=1,
-                    worker_languages=(language,),
-                    image_tag=TEST_IMAGE_TAG,
-                    prestart=prestart,
-                    max_stdin_bytes=3 << 20,
-                    # Its own instance: a worker's reaper takes the sandboxes of its
-                    # instance's other identities in its own process for a dead incarnation's.
-                    instance=f"pytest-prestart-{language}-{int(prestart)}",
-                )
-            )
-            svc.start()
-            made[language, prestart] = svc
-        return made[language, prestart]
-
-    yield get
-    for svc in made.values():
-        svc.stop()
-    for svc in made.values():
-        assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
+    pooled = one_language_services(settings, raw_docker, "prestart")
+    get = next(pooled)
+    yield lambda language, prestart: get(language, prestart=prestart, max_stdin_bytes=3 << 20)
+    next(pooled, None)
 
 
 @pytest.fixture

@@ -10,17 +10,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 
 import docker
 import pytest
 
 from executor.config import Settings
 from executor.models import File, RunRequest, RunResult
-from executor.policy import LABEL_WORKER
 from executor.sandbox import default_limits
 from executor.service import ExecutionService
-from tests.conftest import TEST_IMAGE_TAG, wait_gone
+from tests.sandbox.conftest import one_language_services
 
 pytestmark = pytest.mark.languages
 
@@ -47,29 +45,10 @@ int main(void) {
 def services(settings: Settings, raw_docker: docker.DockerClient) -> Iterator[Services]:
     """services(language, stage): a service with a warm pool of one container of that
     language only, staging builds or not, made once per module."""
-    made: dict[tuple[str, bool], ExecutionService] = {}
-
-    def get(language: str, stage: bool) -> ExecutionService:
-        if (language, stage) not in made:
-            svc = ExecutionService(
-                replace(
-                    settings,
-                    pool_size=1,
-                    worker_languages=(language,),
-                    image_tag=TEST_IMAGE_TAG,
-                    stage_builds=stage,
-                    instance=f"pytest-stage-{language}-{int(stage)}",  # see test_prestart
-                )
-            )
-            svc.start()
-            made[language, stage] = svc
-        return made[language, stage]
-
-    yield get
-    for svc in made.values():
-        svc.stop()
-    for svc in made.values():
-        assert wait_gone(raw_docker, **{LABEL_WORKER: svc.sandbox.owner}) == []
+    pooled = one_language_services(settings, raw_docker, "stage")
+    get = next(pooled)
+    yield lambda language, stage: get(language, stage_builds=stage)
+    next(pooled, None)
 
 
 def run(svc: ExecutionService, code: str, language: str, **fields: object) -> RunResult:
