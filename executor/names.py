@@ -21,11 +21,14 @@ QUEUE = "executor"  # the contract's queue
 # With EXECUTOR_ROUTE_BY_LANGUAGE each execution goes to its language's queue instead
 # (executor.<language>); the depth (and EXECUTOR_MAX_QUEUE) counts every queue together.
 QUEUES = (QUEUE, *(f"{QUEUE}.{language.name}" for language in REGISTRY))
-QUEUE_KEYS = tuple(
-    queue if step == 0 else f"{queue}{Channel.sep}{step}"
-    for queue in QUEUES
-    for step in PRIORITY_STEPS
-)
+
+
+def queue_key(queue: str, step: int) -> str:
+    """The list kombu keeps `queue`'s messages of priority step `step` in."""
+    return f"{queue}{Channel.sep}{step}" if step else queue
+
+
+QUEUE_KEYS = tuple(queue_key(queue, step) for queue in QUEUES for step in PRIORITY_STEPS)
 
 
 def queue_for(language: str, by_language: bool) -> str:

@@ -34,7 +34,15 @@ from typing import Any, cast
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from executor import metrics
-from executor.names import HISTORY_BY, PREFIX, QUEUE_KEYS, QUEUES, RECORD, TASK_NAME
+from executor.names import (
+    HISTORY_BY,
+    PREFIX,
+    QUEUE_KEYS,
+    QUEUES,
+    RECORD,
+    TASK_NAME,
+    queue_key,
+)
 from executor.store import MESSAGE_ID_LUA, Store
 
 log = logging.getLogger(__name__)
@@ -253,4 +261,4 @@ def _queue_key(routing_key: str, message: dict[str, Any]) -> str | None:
     except (KeyError, TypeError, ValueError):
         priority = 0
     step = PRIORITY_STEPS[bisect(PRIORITY_STEPS, max(0, min(priority, MAX_PRIORITY))) - 1]
-    return f"{routing_key}{Channel.sep}{step}" if step else routing_key
+    return queue_key(routing_key, step)
