@@ -159,13 +159,16 @@ def _frame_fields(fields: Sequence[tuple[str, str | bytes]]) -> bytes:
     return b"%d\n" % len(body) + body
 
 
-def encode_prestart(language: Language, memory_mb: int, nproc: int) -> bytes:
+def encode_prestart(language: Language, memory_mb: int, nproc: int, held: bool = False) -> bytes:
     """The message that has a warm container's runner start the run's runtime in advance
     (sent before the request; see executor.runner): the command that starts it, and the run
     command, environment and process limit it stands for. A request that asks for another
-    run, environment or limit is run afresh, and the pre-started runtime killed unused."""
+    run, environment or limit is run afresh, and the pre-started runtime killed unused.
+    `held`: the runtime's process is held before its main() (images/language/hold.c), not
+    once it has started (EXECUTOR_PRESTART)."""
     program = steps(language, "", memory_mb)
     fields = [("launch", item) for item in program.prestart]
+    fields += [("hold", "1")] if held else []
     fields += [("run", item) for item in program.run]
     fields += [("env", f"{name}={value}") for name, value in program.env]
     fields += [("nproc", str(nproc))]

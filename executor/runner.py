@@ -20,10 +20,10 @@ the repeatable built (b"<644|755> <path>") and built_content pairs are an identi
 products, written (after the extra files and the source) in place of a build, which the
 request then does not ask for. Values are raw UTF-8: nothing is escaped.
 A warm container's request may come after a pre-start message in the same format: launch (the
-repeatable argv that starts the runtime in advance, see _Prestarted), and the run, env and
-nproc it stands for. The request's first run uses that runtime when it asks for no build, for
-exactly that run command, environment and nproc; otherwise the runtime is killed unused
-before anything of the request is written.
+repeatable argv that starts the runtime in advance, see _Prestarted), hold (b"1": held before
+its main(), optional), and the run, env and nproc it stands for. The request's first run uses
+that runtime when it asks for no build, for exactly that run command, environment and nproc;
+otherwise the runtime is killed unused before anything of the request is written.
 A warm container's request may instead come after a stage message: stage, and built /
 built_content pairs as above: the products of the language's latest cached build, written
 into the working directory at once (the runner's only writes before a request: no process
@@ -97,6 +97,12 @@ start) and the arguments into that descriptor; the hook sets them and returns, a
 loads the program as a fresh `node main.js ARGS` would. What differs: its clocks since start
 (process.uptime(), performance.now()) count from the runtime's start, and its process id is
 a lower one.
+A held start (hold) goes less far: the runtime is exec'd with our images/language/hold.c
+preloaded, which holds the process once the dynamic linker is done, before the runtime's
+main() (no heap, no thread yet), until that descriptor is readable; the runtime then starts,
+and its hook takes the arguments as above. Its clocks are a fresh process's; what differs is
+its process id, its start time in /proc/self/stat, hold.so among its mappings, and NUL bytes
+at the end of /proc/self/environ where LD_PRELOAD was (gone from its environment).
 The attached stdin stays open while the program runs: when it closes, the worker is gone, and
 the runner kills the program and exits at once. The worker does not trust any of this: it
 caps what it reads and enforces the deadline itself.
@@ -771,6 +777,8 @@ class _Prestarted:
             control_r, self.control_w = os.pipe()
             pipes = (os.pipe(), os.pipe())
         env = _environment(self.env)
+        if _holds(message, env):
+            env["LD_PRELOAD"] = HOLD_LIBRARY  # last: hold.c overwrites its text in place
         self.pid, self.out_r, self.err_r = _spawn(
             launch, self.stdin_fd, None, uid, pipes, self.nproc, env, control_r
         )
@@ -816,6 +824,20 @@ class _Prestarted:
         """Not used: close its files; the next _clear() kills it."""
         for fd in (self.stdin_fd, self.control_w, self.out_r, self.err_r):
             os.close(fd)
+
+
+HOLD_LIBRARY = "/opt/executor/hold.so"
+
+
+def _holds(message, env):
+    """True when the pre-started runtime is to be held before its main(): asked for, the
+    image has the library, and nothing else is preloaded (nor would the variable come last)."""
+    return (
+        message.get("hold", [b"0"])[0] == b"1"
+        and "LD_PRELOAD" not in env
+        and "LD_PRELOAD" not in os.environ
+        and os.path.exists(HOLD_LIBRARY)
+    )
 
 
 def _environment(items):

@@ -181,8 +181,11 @@ class Sandbox:
         container = self.prepare(language, memory_mb, cpus)
         ready = self.wait_ready(container, timeout)
         message, staged = b"", ""
-        if language.prestart and self.settings.prestart and PRESTART in container.features:
-            message = encode_prestart(language, memory_mb, self.settings.pids_limit)
+        prestart = self.settings.prestart
+        if language.prestart and prestart != "off" and PRESTART in container.features:
+            message = encode_prestart(
+                language, memory_mb, self.settings.pids_limit, held=prestart == "held"
+            )
         elif self.settings.stage_builds and STAGE in container.features:
             latest = self.builds.latest(container.profile)
             if latest is not None:

@@ -1,7 +1,8 @@
 """A runtime started in advance (Node.js in a warm container) gives the program what a fresh
-process would: each program of a corpus runs in a pre-started runtime and in a container that
-starts the runtime for it, and the two must agree on status, exit code, signal, stdout and
-stderr. Then what decides whether the pre-started runtime is used at all.
+process would: each program of a corpus runs in a pre-started runtime, held before its main()
+(EXECUTOR_PRESTART=held) or started (booted), and in a container that starts the runtime for
+it, and the two must agree on status, exit code, signal, stdout and stderr. Then what decides
+whether the pre-started runtime is used at all.
 """
 
 from __future__ import annotations
@@ -23,13 +24,21 @@ from tests.sandbox.test_differential import Case  # a program, its stdin, args a
 
 pytestmark = pytest.mark.docker
 
-Services = Callable[[str, bool], ExecutionService]
+Services = Callable[[str, str], ExecutionService]
 
 ID = "55555555-5555-4555-8555-555555555555"
-# Printed by a program that runs in a runtime started before its request: the test waits
-# longer than this after the pool is warm.
+# How the program's process was started, as it can tell: `fresh` for its request; `held`
+# before it (its process is older than the wait after the pool is warm), the runtime starting
+# for the request (its own clock, process.uptime(), is younger); `booted` before it, the
+# runtime too. /proc/self/stat's start time and /proc/uptime count clock ticks since boot.
 WAITED_S = 1.5
-PRESTARTED = "console.log('prestarted', process.uptime() > 1);\n"
+PRESTARTED = (
+    "{ const fs = require('fs'), st = fs.readFileSync('/proc/self/stat', 'utf8');\n"
+    "  const age = parseFloat(fs.readFileSync('/proc/uptime', 'utf8'))"
+    " - st.slice(st.lastIndexOf(')') + 2).split(' ')[19] / 100;\n"
+    "  console.log('started', age < 1 ? 'fresh' : process.uptime() < 1 ? 'held' : 'booted') }\n"
+)
+MODES = ("held", "booted")  # EXECUTOR_PRESTART's modes that start a runtime in advance
 
 
 JS_CORPUS = {
@@ -91,6 +100,18 @@ JS_CORPUS = {
         "console.log(fs.readdirSync('/proc/self/fd').length,"
         " [0, 1, 2, 3].map(fd => { try { return fs.fstatSync(fd).isFile() } catch (e) { return e.code } }))"
     ),
+    "environ-block": Case(
+        "const fs = require('fs');\n"
+        "const block = text => text.split('\\0').filter(v => v && !v.startsWith('HOSTNAME='))"
+        ".sort();\n"
+        "console.log(block(fs.readFileSync('/proc/self/environ', 'utf8')));\n"
+        "console.log(block(require('child_process').execFileSync('cat', ['/proc/self/environ'])"
+        ".toString()))"
+    ),
+    "child-env": Case(
+        "console.log(require('child_process').execFileSync('sh', ['-c',"
+        " 'echo ${LD_PRELOAD-none}; env | wc -l']).toString())"
+    ),
     "signal-death": Case("process.kill(process.pid, 'SIGTERM')"),
     "sibling-module": Case(
         "console.log(require('./lib').answer, Object.keys(require.cache).length)",
@@ -107,36 +128,35 @@ CORPORA = {"javascript": JS_CORPUS}
 MARKERS = {"javascript": PRESTARTED}
 
 
-def wait_warm(svc: ExecutionService) -> None:
+def wait_warm(svc: ExecutionService, aged: bool) -> None:
     deadline = time.monotonic() + 60
     while svc.pool_stats()["warm"] < 1:
         assert time.monotonic() < deadline, f"no warm container: {svc.pool_stats()}"
         time.sleep(0.05)
-    time.sleep(WAITED_S)  # long enough that a pre-started runtime shows its age
+    if aged:
+        time.sleep(WAITED_S)  # long enough that a pre-started runtime shows its age
 
 
 @pytest.fixture(scope="module")
 def services(settings: Settings, raw_docker: docker.DockerClient) -> Iterator[Services]:
-    """services(language, prestart): a worker's service with a warm pool of that language
-    only (the branch's own image), made once per module."""
+    """services(language, mode): a worker's service with a warm pool of that language only
+    (the branch's own image) and EXECUTOR_PRESTART=mode, made once per module."""
     pooled = one_language_services(settings, raw_docker, "prestart")
     get = next(pooled)
-    yield lambda language, prestart: get(language, prestart=prestart, max_stdin_bytes=3 << 20)
+    yield lambda language, mode: get(language, prestart=mode, max_stdin_bytes=3 << 20)
     next(pooled, None)
 
 
-@pytest.fixture
-def warm(services: Services) -> ExecutionService:
-    return services("javascript", True)
+@pytest.fixture(params=MODES)
+def warm(request: pytest.FixtureRequest, services: Services) -> ExecutionService:
+    """A JavaScript service whose warm containers start Node.js in advance, in each mode."""
+    return services("javascript", request.param)
 
 
-@pytest.fixture
-def fresh(services: Services) -> ExecutionService:
-    return services("javascript", False)
-
-
-def run(svc: ExecutionService, code: str, **fields: object) -> RunResult:
-    wait_warm(svc)
+def run(svc: ExecutionService, code: str, aged: bool = False, **fields: object) -> RunResult:
+    """The program's result in a warm container; `aged`: one that waited WAITED_S first (for
+    PRESTARTED to tell how it was started)."""
+    wait_warm(svc, aged)
     fields.setdefault("limits", default_limits(svc.settings))
     fields.setdefault("language", svc.served[0])
     request = RunRequest(code=code, **fields)  # type: ignore[arg-type]
@@ -151,32 +171,33 @@ def outcome(r: RunResult) -> tuple[object, ...]:
     return (r.status, r.exit_code, r.signal, r.stdout, stderr)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     ("language", "name"), [(lang, name) for lang, cases in CORPORA.items() for name in cases]
 )
-def test_a_prestarted_runtime_answers_as_a_fresh_one(services, language, name):
+def test_a_prestarted_runtime_answers_as_a_fresh_one(services, language, name, mode):
     case = CORPORA[language][name]
     files = tuple(File(path, text) for path, text in case.files.items())
     fields = {"stdin": case.stdin, "args": case.args, "files": files}
-    ours = run(services(language, True), case.code, **fields)
-    theirs = run(services(language, False), case.code, **fields)
+    ours = run(services(language, mode), case.code, **fields)
+    theirs = run(services(language, "off"), case.code, **fields)
     assert outcome(ours) == outcome(theirs)
 
 
 @pytest.mark.parametrize("language", sorted(CORPORA))
-def test_the_runtime_is_started_in_advance_only_where_prestart_is_on(services, language):
+def test_the_runtime_is_started_in_advance_as_the_setting_says(services, language):
     marker = MARKERS[language]
-    assert run(services(language, True), marker).stdout == "prestarted true\n"
-    assert run(services(language, False), marker).stdout == "prestarted false\n"
+    for mode, seen in (("held", "held"), ("booted", "booted"), ("off", "fresh")):
+        assert run(services(language, mode), marker, aged=True).stdout == f"started {seen}\n"
 
 
 def test_the_first_test_case_runs_prestarted_and_the_others_afresh(warm):
     code = PRESTARTED + "console.log(process.argv.slice(2), require('fs').readFileSync(0, 'utf8'))"
     cases = (TestCase(stdin="one", args=("1",)), TestCase(stdin="two", args=("2", "b")))
-    r = run(warm, code, tests=cases)
+    r = run(warm, code, aged=True, tests=cases)
     assert [case.stdout for case in r.tests] == [
-        "prestarted true\n[ '1' ] one\n",
-        "prestarted false\n[ '2', 'b' ] two\n",
+        f"started {warm.settings.prestart}\n[ '1' ] one\n",
+        "started fresh\n[ '2', 'b' ] two\n",
     ]
 
 
@@ -186,7 +207,8 @@ def test_a_large_stdin_arrives_whole(warm):
         PRESTARTED
         + "const fs = require('fs'); console.log(fs.readFileSync(0).length, fs.fstatSync(0).isFile())"
     )
-    assert run(warm, code, stdin=stdin).stdout == f"prestarted true\n{len(stdin)} true\n"
+    mode = warm.settings.prestart
+    assert run(warm, code, aged=True, stdin=stdin).stdout == f"started {mode}\n{len(stdin)} true\n"
 
 
 def test_a_prestarted_runtime_keeps_the_limits(warm):
@@ -221,10 +243,10 @@ def test_a_program_in_a_prestarted_runtime_reaches_no_reply_channel(warm):
         "console.log('opened', JSON.stringify(opened));\n"
         "process.exit(3);\n"
     )
-    r = run(warm, code)
+    r = run(warm, code, aged=True)
     assert (r.status, r.exit_code) == ("error", 3), r
-    lines = [line for line in r.stdout.splitlines() if line.startswith(("prestarted", "opened"))]
-    assert lines[0] == "prestarted true" and len(lines) == 2, r.stdout
+    lines = [line for line in r.stdout.splitlines() if line.startswith(("started", "opened"))]
+    assert lines[0] == f"started {warm.settings.prestart}" and len(lines) == 2, r.stdout
     for channel in ('"1/fd/0"', '"1/fd/1"', '"1/fd/2"', '"1/mem"'):
         assert channel not in lines[1]
     if warm.settings.runtime != "runsc":

@@ -410,6 +410,9 @@ def test_a_prestarted_runtime_is_launched_as_its_run_with_only_the_hook_added(la
     launch, run = warm["launch"], warm["run"]
     assert launch[:-3] + launch[-1:] == run  # the same command and program file
     assert launch[-3:-1] == [b"--require", b"/opt/executor/prestart.js"]
+    assert "hold" not in warm
+    held = fields_of(encode_prestart(language, memory_mb, 64, held=True))
+    assert held.pop("hold") == [b"1"] and held == warm  # the same runtime, held earlier
 
 
 def test_a_stage_message_carries_the_products_and_a_staged_request_only_says_so():
