@@ -242,6 +242,12 @@ def main() -> int:
     )
     parser.add_argument("--lang-n", type=int, default=10, help="runs per path per language")
     parser.add_argument(
+        "--lang",
+        default="",
+        help="the languages of the per-language table, comma-separated (default: all);"
+        " the overhead target compares with the first",
+    )
+    parser.add_argument(
         "--only",
         choices=["all", "python", "languages", "tests", "baseline", "history", "live", "soak"],
         default="all",
@@ -286,7 +292,9 @@ def main() -> int:
             through_proxy = replace(
                 settings, docker_host=stack.docker_host, proxy_token=stack.proxy_token
             )
-            language_table(stack.api, args.upstream, settings, through_proxy, args.lang_n)
+            language_table(
+                stack.api, args.upstream, settings, through_proxy, args.lang_n, args.lang
+            )
     if args.only in ("all", "tests"):
         with running_stack(args.redis, args.upstream, pool_size=4, concurrency=8) as stack:
             cases_table(stack.api, args.c_image)

@@ -124,9 +124,20 @@ class Row:
 
 
 def language_table(
-    api_base: str, upstream: str, settings: Settings, through_proxy: Settings, n: int
+    api_base: str,
+    upstream: str,
+    settings: Settings,
+    through_proxy: Settings,
+    n: int,
+    only: str = "",
 ) -> list[Row]:
-    """Measure and print the per-language table; return its rows."""
+    """Measure and print the per-language table (of the languages named in `only`, comma-
+    separated, in that order; else of all); return its rows."""
+    asked = [name.strip() for name in only.split(",") if name.strip()]
+    unknown = sorted(set(asked) - {lang.name for lang in REGISTRY})
+    if unknown:
+        raise SystemExit(f"--lang: no such language: {', '.join(unknown)}")
+    chosen = [lang for name in asked for lang in REGISTRY if lang.name == name] or REGISTRY
     client = docker.DockerClient(base_url=upstream, version="1.41", timeout=120)
     url = urlsplit(api_base)
     rows: list[Row] = []
@@ -137,7 +148,7 @@ def language_table(
         flush=True,
     )
     configured = languages(settings)  # the images the stack runs
-    for language in REGISTRY:
+    for language in chosen:
         lang = configured[language.name]
         naive_once(client, settings, lang)
         naive = []
