@@ -99,8 +99,9 @@ loads the program as a fresh `node main.js ARGS` would. What differs: its clocks
 a lower one.
 A held start (hold) goes less far: the runtime is exec'd with our images/language/hold.c
 preloaded, which holds the process once the dynamic linker is done, before the runtime's
-main() (no heap, no thread yet), until that descriptor is readable; the runtime then starts,
-and its hook takes the arguments as above. Its clocks are a fresh process's; what differs is
+main() (no heap, no thread yet), until it has read that descriptor to its end; it passes the
+arguments on in the environment (EXECUTOR_HELD_ARGS, which the hook takes out), and the
+runtime starts. Its clocks are a fresh process's; what differs is
 its process id, its start time in /proc/self/stat, hold.so among its mappings, and NUL bytes
 at the end of /proc/self/environ where LD_PRELOAD was (gone from its environment).
 The attached stdin stays open while the program runs: when it closes, the worker is gone, and

@@ -7,8 +7,15 @@
 // `--require` in process.execArgv (which child_process.fork passes on).
 'use strict';
 {
-  // Workers run the preloads too: only the main thread waits for the run.
-  if (require('worker_threads').isMainThread) {
+  // A held start (hold.c) has read the arguments before Node.js started, and passes them in
+  // the environment, hex-encoded: no module is needed to take them.
+  const held = process.env.EXECUTOR_HELD_ARGS;
+  let args;
+  if (held !== undefined) {
+    delete process.env.EXECUTOR_HELD_ARGS;
+    args = Buffer.from(held, 'hex').toString('utf8').split('\0');
+  } else if (require('worker_threads').isMainThread) {
+    // Workers run the preloads too: only the main thread waits for the run.
     const fs = require('fs');
     const control = Math.max(...fs.readdirSync('/proc/self/fd').map(Number));
     const parts = [];
@@ -19,10 +26,15 @@
       parts.push(Buffer.from(chunk.subarray(0, n)));
     }
     fs.closeSync(control);
-    const args = Buffer.concat(parts).toString('utf8').split('\0');
+    args = Buffer.concat(parts).toString('utf8').split('\0');
+  }
+  if (args !== undefined) {
     args.pop();
     process.argv.splice(2, process.argv.length - 2, ...args);
   }
+  // A held start's preload takes its variable out itself; a runtime it could not be loaded
+  // into (a static one) still has it.
+  if (process.env.LD_PRELOAD === '/opt/executor/hold.so') delete process.env.LD_PRELOAD;
   const at = process.execArgv.indexOf('--require');
   if (at >= 0 && process.execArgv[at + 1] === __filename) process.execArgv.splice(at, 2);
   delete require.cache[__filename];
