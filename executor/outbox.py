@@ -63,6 +63,7 @@ def patiently(what: str, call: Callable[[], T], patience_s: float = CLAIM_PATIEN
 class _Finish:
     incarnation: str
     payload: dict[str, Any]
+    encoded: str  # the payload as JSON: made once, for every send and for the replay's bound
     counter: str | None
     output: Sequence[tuple[str, str]]
 
@@ -98,7 +99,7 @@ class Outbox:
     ) -> bool:
         """Store.finish, or keep it for later while Redis is unreachable (then True: the
         record is ours until Redis says otherwise)."""
-        kept = _Finish(incarnation, payload, counter, output)
+        kept = _Finish(incarnation, payload, json.dumps(payload), counter, output)
         try:
             taken = self._send(execution_id, kept)
         except RedisUnavailable as e:
@@ -118,10 +119,11 @@ class Outbox:
             counter=kept.counter,
             output=kept.output,
             worker=self.worker,
+            encoded=kept.encoded,
         )
 
     def _remember(self, execution_id: str, kept: _Finish) -> None:
-        size = len(json.dumps(kept.payload)) + sum(len(a) + len(b) for a, b in kept.output)
+        size = len(kept.encoded) + sum(len(a) + len(b) for a, b in kept.output)
         now = time.monotonic()
         with self._lock:
             self._stored.append((now, execution_id, kept, size))

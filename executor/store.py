@@ -677,6 +677,7 @@ class Store:
         counter: str | None = None,
         output: Sequence[tuple[str, str]] = (),
         worker: str = "",
+        encoded: str | None = None,
     ) -> bool:
         """Store the final `payload` and wake its waiter; False if the record was taken away.
 
@@ -685,7 +686,8 @@ class Store:
         `queued` again (Redis lost the claim: restored from a snapshot, or a failover) is
         finished too, as run by `worker`: the run did happen and nobody else has claimed it.
         `output`: the live output events (name, JSON data) not published yet, added to the
-        execution's stream ahead of its result entry, in the same step.
+        execution's stream ahead of its result entry, in the same step. `encoded`: the payload
+        as JSON already (json.dumps(payload)), for a caller that keeps it.
         """
         status = str(payload["status"])
         duration = payload.get("duration_ms")
@@ -700,7 +702,7 @@ class Store:
             execution_id,
             incarnation,
             status,
-            json.dumps(payload),
+            json.dumps(payload) if encoded is None else encoded,
             str(int(duration)) if isinstance(duration, int | float) else "",
             self.ttl_s,
             DONE_TTL_S,
