@@ -101,9 +101,9 @@ A held start (hold) goes less far: the runtime is exec'd with our images/languag
 preloaded, which holds the process once the dynamic linker is done, before the runtime's
 main() (no heap, no thread yet), until it has read that descriptor to its end; it passes the
 arguments on in the environment (EXECUTOR_HELD_ARGS, which the hook takes out), and the
-runtime starts. Its clocks are a fresh process's; what differs is
-its process id, its start time in /proc/self/stat, hold.so among its mappings, and NUL bytes
-at the end of /proc/self/environ where LD_PRELOAD was (gone from its environment).
+runtime starts. Its clocks are a fresh process's; what differs is its process id, its start
+time in /proc/self/stat, hold.so among its mappings, and NUL bytes at the end of
+/proc/self/environ where LD_PRELOAD was (gone from its environment).
 The attached stdin stays open while the program runs: when it closes, the worker is gone, and
 the runner kills the program and exits at once. The worker does not trust any of this: it
 caps what it reads and enforces the deadline itself.
